@@ -1,0 +1,1 @@
+"""Executors: cosmos-xenna, Ray Data and Ray actor pool, sharing one stage adapter."""

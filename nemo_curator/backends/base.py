@@ -1,0 +1,155 @@
+"""What every executor shares: the execution plan, the completion-tracker seam, the base class.
+
+An executor subclass implements ``_execute(plan, initial_tasks, tracker)``: it runs one
+``StageAdapter`` per stage worker (``plan.adapter(i, tracker)``), streams tasks between
+stages, and hands every batch of last-stage outputs to ``tracker.on_terminal`` *as it
+arrives on the driver* (when ``tracker`` is not ``None``). It returns all last-stage outputs;
+the base class removes sentinels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from loguru import logger
+
+from nemo_curator.backends.stage_adapter import SourceFilter, StageAdapter, StageRole, initial_task_id
+from nemo_curator.stages.base import ProcessingStage
+from nemo_curator.tasks import EmptyTask, FailedTask, Task, is_sentinel
+
+
+class CompletionTracker(Protocol):
+    """Driver-side resumability for one run (implemented in ``nemo_curator.resumability``)."""
+
+    #: Given to the source stage's adapters; asks the ledger which sources are complete.
+    source_filter: SourceFilter
+
+    def on_terminal(self, tasks: list[Task]) -> None:
+        """Forward the reports of these last-stage outputs (acknowledged, batched)."""
+        ...
+
+    def close(self, success: bool) -> None:
+        """Flush what is buffered and release the ledger; log the summary."""
+        ...
+
+
+@dataclass
+class ExecutionPlan:
+    """The built stage list with each stage's role in completion accounting."""
+
+    stages: list[ProcessingStage]
+    roles: list[StageRole]
+    source_index: int
+
+    @staticmethod
+    def from_stages(stages: list[ProcessingStage]) -> ExecutionPlan:
+        if not stages:
+            raise ValueError("cannot execute a pipeline with no stages")
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, ProcessingStage):
+                raise TypeError(f"stage {i} is a {type(stage).__name__}, not a ProcessingStage")
+        marked = [i for i, s in enumerate(stages) if getattr(s, "is_source_stage", False)]
+        if len(marked) > 1:
+            names = [stages[i].name for i in marked]
+            raise ValueError(f"more than one stage is marked is_source_stage: {names}")
+        source = marked[0] if marked else 0
+        last = len(stages) - 1
+        for i, stage in enumerate(stages):
+            if getattr(stage, "is_sink_stage", False) and i != last:
+                raise ValueError(
+                    f"stage {stage.name!r} is marked is_sink_stage but is not the last stage; "
+                    "the sink must be the last stage of the pipeline"
+                )
+        roles = [StageRole(index=i, is_source=i == source, is_sink=i == last, tracked=i >= source) for i in range(len(stages))]
+        return ExecutionPlan(stages=stages, roles=roles, source_index=source)
+
+    def adapter(self, index: int, tracker: CompletionTracker | None) -> StageAdapter:
+        role = self.roles[index]
+        return StageAdapter(
+            self.stages[index],
+            role,
+            tracking=tracker is not None,
+            source_filter=tracker.source_filter if tracker is not None and role.is_source else None,
+        )
+
+    def initial_tasks(self, initial_tasks: list[Task] | None) -> list[Task]:
+        tasks = list(initial_tasks) if initial_tasks else [EmptyTask()]
+        for i, task in enumerate(tasks):
+            if not isinstance(task, Task):
+                raise TypeError(f"initial task {i} is a {type(task).__name__}, not a Task")
+            if not task.task_id:
+                task.task_id = initial_task_id(task, i)
+        return tasks
+
+
+@dataclass
+class RunSummary:
+    """What the last run did (``executor.last_summary``)."""
+
+    outputs: int = 0
+    failed_tasks: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseExecutor(ABC):
+    """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc."""
+
+    name: str = "base"
+
+    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+        self.config: dict[str, Any] = dict(config or {})
+        self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
+        self.last_summary: RunSummary | None = None
+
+    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+        """Run ``stages`` and return the last stage's outputs without sentinels."""
+        plan = ExecutionPlan.from_stages(stages)
+        tasks = plan.initial_tasks(initial_tasks)
+        start = time.perf_counter()
+        with self._runtime():
+            tracker = self._open_tracker(plan) if self.checkpoint is not None else None
+            ok = False
+            try:
+                outputs = self._execute(plan, tasks, tracker)
+                ok = True
+            finally:
+                if tracker is not None:
+                    tracker.close(success=ok)
+        failed = [t for t in outputs if isinstance(t, FailedTask)]
+        if failed:
+            logger.warning(
+                "{} task(s) failed; their sources stay incomplete and are redone on the next run (first: {} in {!r})",
+                len(failed),
+                failed[0].reason,
+                failed[0].stage_name,
+            )
+        results = [t for t in outputs if not is_sentinel(t)]
+        self.last_summary = RunSummary(
+            outputs=len(results), failed_tasks=len(failed), seconds=time.perf_counter() - start
+        )
+        return results
+
+    def _runtime(self) -> Any:
+        """Context manager that makes Ray available for the run (see ``ray_runtime``)."""
+        from nemo_curator.backends.ray_runtime import ray_runtime
+
+        return ray_runtime(num_cpus=self.config.get("num_cpus"), dashboard=self._needs_dashboard())
+
+    def _needs_dashboard(self) -> bool:
+        return False
+
+    def _open_tracker(self, plan: ExecutionPlan) -> CompletionTracker:
+        raise ValueError(
+            f"{type(self).__name__}: checkpoint={str(self.checkpoint)!r} was given, but checkpointing is not "
+            "available in this build yet; run with checkpoint=None"
+        )
+
+    @abstractmethod
+    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker | None) -> list[Task]:
+        """Run the plan; return every last-stage output (sentinels included)."""

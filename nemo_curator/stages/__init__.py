@@ -1,0 +1,1 @@
+"""Stages: the steps of a pipeline."""
