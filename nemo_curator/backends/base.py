@@ -9,6 +9,7 @@ the base class removes sentinels.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -65,7 +66,10 @@ class ExecutionPlan:
                     f"stage {stage.name!r} is marked is_sink_stage but is not the last stage; "
                     "the sink must be the last stage of the pipeline"
                 )
-        roles = [StageRole(index=i, is_source=i == source, is_sink=i == last, tracked=i >= source) for i in range(len(stages))]
+        roles = [
+            StageRole(index=i, is_source=i == source, is_sink=i == last, tracked=i >= source)
+            for i in range(len(stages))
+        ]
         return ExecutionPlan(stages=stages, roles=roles, source_index=source)
 
     def adapter(self, index: int, tracker: CompletionTracker | None) -> StageAdapter:
@@ -112,7 +116,7 @@ class BaseExecutor(ABC):
         plan = ExecutionPlan.from_stages(stages)
         tasks = plan.initial_tasks(initial_tasks)
         start = time.perf_counter()
-        with self._runtime():
+        with self._runtime(plan):
             tracker = self._open_tracker(plan) if self.checkpoint is not None else None
             ok = False
             try:
@@ -135,11 +139,20 @@ class BaseExecutor(ABC):
         )
         return results
 
-    def _runtime(self) -> Any:
-        """Context manager that makes Ray available for the run (see ``ray_runtime``)."""
+    def _runtime(self, plan: ExecutionPlan) -> Any:
+        """Context manager that makes Ray available for the run (see ``ray_runtime``).
+
+        A local Ray started for the run gets enough *logical* CPUs for one worker of every
+        stage at once (at least the machine's cores), so small machines never deadlock
+        waiting for CPUs that a streaming pipeline holds.
+        """
         from nemo_curator.backends.ray_runtime import ray_runtime
 
-        return ray_runtime(num_cpus=self.config.get("num_cpus"), dashboard=self._needs_dashboard())
+        num_cpus = self.config.get("num_cpus")
+        if num_cpus is None:
+            wanted = math.ceil(sum(max(s.resources.cpus, 0.0) for s in plan.stages)) + 1
+            num_cpus = max(os.cpu_count() or 1, wanted)
+        return ray_runtime(num_cpus=num_cpus, dashboard=self._needs_dashboard())
 
     def _needs_dashboard(self) -> bool:
         return False

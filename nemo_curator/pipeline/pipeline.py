@@ -62,7 +62,8 @@ class Pipeline:
         for i, stage in enumerate(stages):
             r = stage.resources
             lines.append(
-                f"  {i}: {stage.name} ({type(stage).__name__}) cpus={r.cpus:g} gpus={r.gpus:g} batch_size={stage.batch_size}"
+                f"  {i}: {stage.name} ({type(stage).__name__}) "
+                f"cpus={r.cpus:g} gpus={r.gpus:g} batch_size={stage.batch_size}"
             )
         if checkpoint is not None:
             from nemo_curator.resumability.inspect import describe_checkpoint

@@ -47,12 +47,13 @@ class Task(ABC, Generic[T]):
         return None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(task_id={self.task_id!r}, dataset_name={self.dataset_name!r}, items={self._safe_items()})"
+        name = type(self).__name__
+        return f"{name}(task_id={self.task_id!r}, dataset_name={self.dataset_name!r}, items={self._safe_items()})"
 
     def _safe_items(self) -> int | str:
         try:
             return self.num_items
-        except Exception:  # noqa: BLE001 - repr must never raise
+        except Exception:  # repr must never raise
             return "?"
 
 
