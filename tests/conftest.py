@@ -39,9 +39,53 @@ def ray_session():
     saved = os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         start_local_ray(num_cpus=TEST_RAY_CPUS, dashboard=True)
+    _RAY_PIDS.update(_ray_process_ids())
     yield ray
     ray.shutdown()
     if saved is None:
         os.environ.pop("RAY_ADDRESS", None)
     else:
         os.environ["RAY_ADDRESS"] = saved
+
+
+_RAY_PIDS: set[int] = set()
+
+
+def _ray_process_ids() -> set[int]:
+    """Pids of the processes of the Ray node this test session started."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return set()
+    pids: set[int] = set()
+    for infos in node.all_processes.values():
+        for info in infos:
+            if info.process is not None:
+                pids.add(info.process.pid)
+    return pids
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a Ray process started by the tests outlives it."""
+    import time
+
+    if not _RAY_PIDS:
+        return
+    deadline = time.monotonic() + 15
+    alive = _RAY_PIDS
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _alive(pid)}
+        if alive:
+            time.sleep(0.5)
+    if alive:
+        print(f"\nERROR: Ray processes started by the tests are still running: {sorted(alive)}")
+        session.exitstatus = 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

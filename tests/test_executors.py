@@ -1,0 +1,89 @@
+"""The same pipelines on all three executors: identical outputs and ids, clear errors."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from nemo_curator.backends.stage_adapter import StageError
+from nemo_curator.pipeline import Pipeline
+from nemo_curator.stages.base import CompositeStage
+from tests.pipelines_for_tests import AddOne, EmitNumbers, FailOn, expected_feature_values, feature_pipeline
+
+EXECUTORS = {
+    "xenna": ("nemo_curator.backends.xenna", "XennaExecutor"),
+    "ray_data": ("nemo_curator.backends.ray_data", "RayDataExecutor"),
+    "ray_actor_pool": ("nemo_curator.backends.ray_actor_pool", "RayActorPoolExecutor"),
+}
+
+
+def make_executor(name: str, **kwargs: object):
+    module, cls = EXECUTORS[name]
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+_results: dict[str, list[tuple[str, int]]] = {}
+
+
+@pytest.mark.parametrize("executor", list(EXECUTORS))
+def test_feature_pipeline_outputs_and_ids(ray_session, executor: str) -> None:
+    first = feature_pipeline().run(make_executor(executor))
+    second = feature_pipeline().run(make_executor(executor))
+    got = sorted((t.task_id, t.data) for t in first)
+    assert sorted(t.data for t in first) == expected_feature_values()
+    assert got == sorted((t.task_id, t.data) for t in second), "ids or values differ between two runs"
+    assert len({tid for tid, _ in got}) == len(got)
+    _results[executor] = got
+
+
+def test_all_executors_agree(ray_session) -> None:
+    missing = [name for name in EXECUTORS if name not in _results]
+    for name in missing:
+        _results[name] = sorted((t.task_id, t.data) for t in feature_pipeline().run(make_executor(name)))
+    reference = _results["xenna"]
+    for name, got in _results.items():
+        assert got == reference, f"{name} gave different ids or values than xenna"
+
+
+@pytest.mark.parametrize("executor", list(EXECUTORS))
+def test_stage_error_names_the_stage_and_keeps_the_cause(ray_session, executor: str) -> None:
+    pipeline = Pipeline(name="failing", stages=[EmitNumbers(count=8), AddOne(), FailOn(value=5)])
+    with pytest.raises(Exception, match="fail_on") as info:
+        pipeline.run(make_executor(executor))
+    err = info.value
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__
+    assert any(isinstance(e, StageError) for e in chain) or "StageError" in str(info.value)
+    assert "cannot handle 5" in str(info.value) or any(isinstance(e, ValueError) for e in chain)
+
+
+def test_empty_pipeline_is_refused() -> None:
+    with pytest.raises(ValueError, match="has no stages"):
+        Pipeline(name="empty").run(make_executor("ray_actor_pool"))
+
+
+def test_non_stage_object_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a ProcessingStage"):
+        Pipeline(name="bad", stages=[EmitNumbers(), "not a stage"])  # type: ignore[list-item]
+
+
+def test_composite_that_decomposes_into_nothing_is_refused() -> None:
+    class Nothing(CompositeStage):
+        name = "nothing"
+
+        def decompose(self) -> list:
+            return []
+
+    with pytest.raises(ValueError, match="no stages"):
+        Pipeline(name="hollow", stages=[Nothing()]).build()
+
+
+def test_missing_input_path_is_a_clear_error(tmp_path) -> None:
+    from nemo_curator.stages.text.io.reader import JsonlReader
+
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        Pipeline(name="missing", stages=[JsonlReader(str(missing))]).run(make_executor("ray_actor_pool"))
