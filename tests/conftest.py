@@ -66,6 +66,7 @@ def _ray_process_ids() -> set[int]:
     return pids
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if a Ray process started by the tests outlives it."""
     import time
