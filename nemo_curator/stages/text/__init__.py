@@ -1,0 +1,1 @@
+"""Text curation stages: JSONL IO (``nemo_curator.stages.text.io``) and document filters."""
