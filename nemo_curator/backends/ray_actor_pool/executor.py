@@ -1,0 +1,386 @@
+"""``RayActorPoolExecutor``: a streaming pipeline on pools of plain Ray actors.
+
+Every stage gets a pool of ``StageActor``s, all alive at once; the driver's scheduler loop
+moves each batch on as soon as it is done, so the first sink outputs (and, with a checkpoint,
+the first completed sources) appear while the source stage is still producing.
+
+Data flow (the design in one paragraph): an actor call returns two objects, the number of
+output tasks and the output list itself. The driver fetches only the number. The list stays
+in Ray's object store (owned by the driver, so it survives a restarted worker) and is queued
+for the next stage as one *piece*; a batch for the next stage is a list of whole pieces (as
+``ObjectRef``s, resolved by the receiving actor) and loose tasks. Only when a piece holds more
+tasks than fit into the batch being formed does the driver fetch it once and queue its tasks
+one by one (e.g. a 1-to-n fan-out feeding a ``batch_size=1`` stage). Last-stage outputs are
+always fetched: they are the run's result and, with a checkpoint, its completion reports.
+
+Backpressure: each actor has at most ``max_inflight_per_actor`` calls in flight, and a stage
+gets new work only while the next stage's queue holds fewer tasks than the next stage can take
+in one round (``batch_size * actors * max_inflight_per_actor``). Downstream stages are served
+first. Memory is therefore bounded by the in-flight calls plus one round of queued work per
+stage (plus the fan-out of the calls in flight), never by the size of the input.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.stage_adapter import StageError
+from nemo_curator.stages.base import ProcessingStage
+from nemo_curator.tasks import Task
+
+if TYPE_CHECKING:
+    from nemo_curator.backends.ray_actor_pool.resumability import TerminalForwarder
+
+#: Ray accepts fractional resource quantities down to this step.
+_RESOURCE_STEP = 1e-4
+
+
+class RayActorPoolExecutor(BaseExecutor):
+    """Run a pipeline on Ray actors, one pool per stage, streaming batches between them.
+
+    ``RayActorPoolExecutor(config=None, checkpoint=None)``. Config keys:
+
+    - ``num_actors_per_stage`` (int or ``{stage name: int}``, default 1): actors per stage.
+      A stage whose ``num_workers()`` returns a number gets exactly that many.
+    - ``max_inflight_per_actor`` (int, default 2): calls queued on one actor at a time; 2 hides
+      the driver round trip, larger values only add memory.
+    - ``max_retries`` (int, default 3): an actor whose process dies is restarted up to this many
+      times and its unfinished calls are retried on the new process. A retried batch may have
+      been partly or fully processed before the crash, so a stage's side effects (e.g. a sink's
+      files) can happen twice; its results reach the driver once per call, and since task ids
+      are deterministic, a checkpoint ledger deduplicates any repeated report anyway.
+    - ``num_cpus`` (int): logical CPUs of the local Ray started for the run (default: enough
+      for every actor of every pool, at least the machine's cores). Ignored when joining a
+      running Ray.
+
+    Actors ask Ray for ``stage.resources.cpus`` / ``.gpus`` each. When the pools ask for more
+    CPUs than the cluster has, every CPU request is scaled down by the same factor (logged), so
+    a run never waits forever for CPUs; more GPUs than the cluster has is an error.
+
+    Results: ``run`` returns the last stage's outputs in completion order (ids are
+    deterministic, the order is not). A stage that raises (without a checkpoint) fails the run
+    with the adapter's ``StageError``, which names the stage and chains the original exception.
+    Every actor of the run is killed when the run ends, whether it succeeded or failed; a Ray
+    the run started is shut down by the base class. ``teardown()`` runs on success only: after
+    a failure the actors are killed at once.
+    """
+
+    name = "ray_actor_pool"
+
+    def _runtime(self, plan: ExecutionPlan) -> Any:
+        from nemo_curator.backends.ray_runtime import ray_runtime
+
+        num_cpus = self.config.get("num_cpus")
+        if num_cpus is None:
+            wanted = math.ceil(sum(self._pool_size(s) * max(s.resources.cpus, 0.0) for s in plan.stages)) + 1
+            num_cpus = max(os.cpu_count() or 1, wanted)
+        return ray_runtime(num_cpus=num_cpus, dashboard=self._needs_dashboard())
+
+    def _pool_size(self, stage: ProcessingStage) -> int:
+        fixed = stage.num_workers()
+        if fixed is not None:
+            n = fixed
+        else:
+            setting = self.config.get("num_actors_per_stage", 1)
+            n = setting.get(stage.name, 1) if isinstance(setting, dict) else setting
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"stage {stage.name!r}: the number of actors must be a positive int, got {n!r}")
+        return n
+
+    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker | None) -> list[Task]:
+        import ray
+
+        max_inflight = int(self.config.get("max_inflight_per_actor", 2))
+        max_retries = int(self.config.get("max_retries", 3))
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight_per_actor must be >= 1, got {max_inflight}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        counts = [self._pool_size(s) for s in plan.stages]
+        cluster = ray.cluster_resources()
+        requests = plan_resources(plan.stages, counts, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
+        forwarder: TerminalForwarder | None = None
+        start = time.perf_counter()
+        pools: list[_Pool] = []
+        ok = False
+        try:
+            _create_pools(pools, plan, tracker, counts, requests, max_retries)
+            _start_pools(pools)
+            logger.info(
+                "ray_actor_pool: {} stage(s) running with actors {} (startup {:.2f}s)",
+                len(pools),
+                {p.stage.name: len(p.actors) for p in pools},
+                time.perf_counter() - start,
+            )
+            if tracker is not None:
+                from nemo_curator.backends.ray_actor_pool.resumability import TerminalForwarder
+
+                forwarder = TerminalForwarder(tracker)
+            outputs = _Scheduler(pools, initial_tasks, max_inflight, forwarder).run()
+            skipped = _close_pools(pools)
+            ok = True
+        finally:
+            for pool in pools:
+                for actor in pool.actors:
+                    ray.kill(actor, no_restart=True)
+            if not ok:
+                logger.warning("ray_actor_pool: run failed; all of its actors were killed")
+        if forwarder is not None:
+            forwarder.log_summary(skipped)
+        logger.info("ray_actor_pool: {} last-stage task(s) in {:.2f}s", len(outputs), time.perf_counter() - start)
+        return outputs
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    """What one actor of a stage asks Ray for."""
+
+    cpus: float
+    gpus: float
+
+
+def plan_resources(
+    stages: list[ProcessingStage], counts: list[int], cluster_cpus: float, cluster_gpus: float
+) -> list[ActorResources]:
+    """Per-actor resource requests that the cluster can hold all at once.
+
+    CPU requests keep their proportions: if ``sum(count * cpus)`` exceeds ``cluster_cpus`` they
+    are all multiplied by ``cluster_cpus / total`` (rounded down to Ray's 0.0001 step; a
+    positive request stays positive). GPU requests are never scaled: too many is a
+    ``ValueError`` (an actor that cannot be placed would wait forever).
+    """
+    wanted_cpus = sum(n * max(s.resources.cpus, 0.0) for n, s in zip(counts, stages, strict=True))
+    wanted_gpus = sum(n * max(s.resources.gpus, 0.0) for n, s in zip(counts, stages, strict=True))
+    if wanted_gpus > cluster_gpus + 1e-9:
+        raise ValueError(
+            f"the actor pools need {wanted_gpus:g} GPU(s) but the Ray cluster has {cluster_gpus:g}; "
+            "lower num_actors_per_stage or the stages' Resources(gpus=...)"
+        )
+    factor = 1.0
+    if wanted_cpus > cluster_cpus > 0:
+        factor = cluster_cpus / wanted_cpus
+        logger.info(
+            "ray_actor_pool: the stages ask for {:g} CPU(s) but the cluster has {:g}; scaling every CPU request "
+            "by {:.3f}",
+            wanted_cpus,
+            cluster_cpus,
+            factor,
+        )
+    requests = []
+    for stage in stages:
+        cpus = max(stage.resources.cpus, 0.0) * factor
+        if cpus > 0:
+            cpus = max(_RESOURCE_STEP, math.floor(cpus / _RESOURCE_STEP + 1e-9) * _RESOURCE_STEP)
+            cpus = round(cpus, 4)
+        requests.append(ActorResources(cpus=cpus, gpus=max(stage.resources.gpus, 0.0)))
+    return requests
+
+
+@dataclass
+class _Pool:
+    """The actors of one stage and how many calls each has in flight."""
+
+    index: int
+    stage: ProcessingStage
+    actors: list[Any]
+    inflight: list[int] = field(default_factory=list)
+
+    def free_actor(self, max_inflight: int) -> int | None:
+        """The least busy actor with a free slot, or ``None``."""
+        best = min(range(len(self.actors)), key=self.inflight.__getitem__)
+        return best if self.inflight[best] < max_inflight else None
+
+
+def _create_pools(
+    pools: list[_Pool],
+    plan: ExecutionPlan,
+    tracker: CompletionTracker | None,
+    counts: list[int],
+    requests: list[ActorResources],
+    max_retries: int,
+) -> None:
+    """Create every stage's actors into ``pools`` (filled in place, so that the caller can kill
+    whatever was created even if this raises half-way)."""
+    from nemo_curator.backends.ray_actor_pool.adapter import StageActor
+
+    for i, stage in enumerate(plan.stages):
+        # By value, not ray.put: Ray restarts an actor from its creation arguments, and an
+        # object-store argument could be gone by then (ray-project/ray#53727).
+        adapter = plan.adapter(i, tracker)
+        options = StageActor.options(
+            num_cpus=requests[i].cpus,
+            num_gpus=requests[i].gpus,
+            max_restarts=max_retries,
+            max_task_retries=max_retries,
+        )
+        pool = _Pool(index=i, stage=stage, actors=[], inflight=[0] * counts[i])
+        pools.append(pool)
+        for _ in range(counts[i]):
+            pool.actors.append(options.remote(adapter))
+
+
+def _start_pools(pools: list[_Pool]) -> None:
+    """``setup_on_node`` once per stage and node, then ``setup`` on every actor."""
+    node_refs = [(pool, actor, actor.node_id.remote()) for pool in pools for actor in pool.actors]
+    leaders: dict[tuple[int, str], Any] = {}
+    for pool, actor, ref in node_refs:
+        node = _get(pool.stage, ref)
+        leaders.setdefault((pool.index, node), (pool, actor))
+    node_setups = [(pool, actor.setup_on_node.remote()) for pool, actor in leaders.values()]
+    for pool, ref in node_setups:
+        _get(pool.stage, ref)
+    setups = [(pool, actor.start.remote()) for pool in pools for actor in pool.actors]
+    for pool, ref in setups:
+        _get(pool.stage, ref)
+
+
+def _close_pools(pools: list[_Pool]) -> int:
+    """Run every actor's ``teardown()``; returns the number of sources skipped by the source stage."""
+    closes = [(pool, actor.close.remote()) for pool in pools for actor in pool.actors]
+    return sum(_get(pool.stage, ref) for pool, ref in closes)
+
+
+def _get(stage: ProcessingStage, ref: Any) -> Any:
+    """``ray.get`` a ref (or a list of refs), turning Ray's wrappers into errors that name the stage."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        remote = str(exc)
+    except ray.exceptions.RayActorError as exc:
+        raise RuntimeError(
+            f"stage {stage.name!r}: a worker died and could not be restarted (max_retries exhausted): {exc}"
+        ) from exc
+    if not isinstance(cause, StageError):
+        cause = StageError(stage.name, "<batch>", cause)
+    cause.add_note(f"remote traceback (stage {stage.name!r}):\n{remote}")
+    raise cause
+
+
+@dataclass
+class _Piece:
+    """A whole output list of one upstream call, still in the object store."""
+
+    ref: Any
+    count: int
+
+
+@dataclass
+class _Call:
+    pool: _Pool
+    actor: int
+    tasks_ref: Any
+
+
+class _Scheduler:
+    """The driver's loop: queues per stage, batches, dispatch to free actors, collect results.
+
+    Invariants: ``queued[i]`` is the number of tasks waiting in ``queues[i]``; a stage gets a
+    partial batch only when every upstream stage is drained (empty queue, nothing in flight);
+    the loop ends when every queue is empty and no call is in flight.
+    """
+
+    def __init__(
+        self,
+        pools: list[_Pool],
+        initial_tasks: list[Task],
+        max_inflight: int,
+        forwarder: TerminalForwarder | None,
+    ) -> None:
+        self.pools = pools
+        self.max_inflight = max_inflight
+        self.forwarder = forwarder
+        self.queues: list[deque[_Piece | Task]] = [deque() for _ in pools]
+        self.queued = [0] * len(pools)
+        self.queues[0].extend(initial_tasks)
+        self.queued[0] = len(initial_tasks)
+        self.calls: dict[Any, _Call] = {}
+        self.busy = [0] * len(pools)  # calls in flight per stage
+        self.outputs: list[Task] = []
+
+    def run(self) -> list[Task]:
+        import ray
+
+        while self.calls or any(self.queued):
+            self._dispatch()
+            if not self.calls:
+                raise RuntimeError(f"ray_actor_pool scheduler stalled with queued tasks {self.queued}")
+            ready, _ = ray.wait(list(self.calls), num_returns=1)
+            for count_ref in ready:
+                self._collect(count_ref)
+        return self.outputs
+
+    def _limit(self, i: int) -> int:
+        pool = self.pools[i]
+        return max(1, pool.stage.batch_size) * len(pool.actors) * self.max_inflight
+
+    def _upstream_drained(self, i: int) -> bool:
+        return all(self.queued[j] == 0 and self.busy[j] == 0 for j in range(i))
+
+    def _dispatch(self) -> None:
+        last = len(self.pools) - 1
+        for i in range(last, -1, -1):
+            pool = self.pools[i]
+            size = max(1, pool.stage.batch_size)
+            while self.queued[i] > 0:
+                if i < last and self.queued[i + 1] >= self._limit(i + 1):
+                    break  # backpressure: the next stage has a full round waiting
+                if self.queued[i] < size and not self._upstream_drained(i):
+                    break  # wait for a full batch
+                actor = pool.free_actor(self.max_inflight)
+                if actor is None:
+                    break
+                parts = self._take(i, size)
+                count_ref, tasks_ref = pool.actors[actor].process_batch.remote(parts)
+                pool.inflight[actor] += 1
+                self.busy[i] += 1
+                self.calls[count_ref] = _Call(pool, actor, tasks_ref)
+
+    def _take(self, i: int, size: int) -> list[Any]:
+        """Up to ``size`` tasks from stage ``i``'s queue, whole pieces where they fit."""
+        import ray
+
+        queue = self.queues[i]
+        parts: list[Any] = []
+        taken = 0
+        while queue and taken < size:
+            head = queue[0]
+            if isinstance(head, _Piece):
+                if taken + head.count <= size:
+                    parts.append(head.ref)
+                    taken += head.count
+                    queue.popleft()
+                else:  # too big for this batch: fetch it once and queue its tasks singly
+                    queue.popleft()
+                    queue.extendleft(reversed(ray.get(head.ref)))
+            else:
+                parts.append(queue.popleft())
+                taken += 1
+        self.queued[i] -= taken
+        return parts
+
+    def _collect(self, count_ref: Any) -> None:
+        call = self.calls.pop(count_ref)
+        pool = call.pool
+        pool.inflight[call.actor] -= 1
+        self.busy[pool.index] -= 1
+        if pool.index == len(self.pools) - 1:
+            _, tasks = _get(pool.stage, [count_ref, call.tasks_ref])  # one round trip for both
+            if self.forwarder is not None:
+                self.forwarder.forward(tasks)
+            self.outputs.extend(tasks)
+            return
+        count = _get(pool.stage, count_ref)
+        if count:
+            self.queues[pool.index + 1].append(_Piece(call.tasks_ref, count))
+            self.queued[pool.index + 1] += count
