@@ -158,9 +158,18 @@ class BaseExecutor(ABC):
         return False
 
     def _open_tracker(self, plan: ExecutionPlan) -> CompletionTracker:
-        raise ValueError(
-            f"{type(self).__name__}: checkpoint={str(self.checkpoint)!r} was given, but checkpointing is not "
-            "available in this build yet; run with checkpoint=None"
+        """Start this run's ledger (imported only here: ``checkpoint=None`` never loads it).
+
+        Config ``allow_pipeline_change=True`` reuses a checkpoint written by a different
+        pipeline (with a loud warning) instead of refusing it.
+        """
+        from nemo_curator.resumability.tracker import LedgerTracker
+
+        assert self.checkpoint is not None
+        return LedgerTracker.open(
+            self.checkpoint,
+            plan.stages,
+            allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
         )
 
     @abstractmethod

@@ -1,0 +1,199 @@
+"""Kill a checkpointed run's whole process tree, resume it, and compare with an uninterrupted run.
+
+Real Ray, real cosmos-xenna, real LMDB, on each of the three executors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from nemo_curator.resumability.inspect import checkpoint_status
+from tests.e2e import job
+
+REPO = Path(__file__).resolve().parents[2]
+EXECUTORS = ["xenna", "ray_data", "ray_actor_pool"]
+FILES = 12
+DOCS = 30
+OUTPUTS_PER_SOURCE = 2
+
+
+def make_cfg(tmp_path: Path, executor: str, **extra: Any) -> dict[str, Any]:
+    cfg = {
+        "executor": executor,
+        "input_dir": str(tmp_path / "in"),
+        "output_dir": str(tmp_path / "out"),
+        "log_dir": str(tmp_path / "log"),
+        "checkpoint": str(tmp_path / "ckpt"),
+        "slow_s": 0.3,
+    }
+    cfg.update(extra)
+    os.makedirs(cfg["log_dir"], exist_ok=True)
+    if not os.path.isdir(cfg["input_dir"]):
+        job.write_inputs(cfg["input_dir"], FILES, DOCS)
+    return cfg
+
+
+def output_files(cfg: dict[str, Any]) -> list[str]:
+    out = cfg["output_dir"]
+    if not os.path.isdir(out):
+        return []
+    return sorted(n for n in os.listdir(out) if n.endswith(".jsonl") and not n.startswith("."))
+
+
+def kill_tree(pid: int) -> None:
+    """SIGSTOP the whole tree until it stops growing, then SIGKILL every process in it."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(20):
+        procs = [root, *root.children(recursive=True)]
+        fresh = [p for p in procs if p.pid not in frozen]
+        if not fresh:
+            break
+        for p in fresh:
+            try:
+                p.send_signal(signal.SIGSTOP)
+                frozen[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+    for p in frozen.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(frozen.values()), timeout=20)
+
+
+def start_job(cfg: dict[str, Any]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.job", json.dumps(cfg)],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 240) -> None:
+    proc = start_job(cfg)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(output_files(cfg)) < kill_at_outputs:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                pytest.fail(f"job ended (rc={proc.returncode}) before the kill point:\n{out[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("job did not reach the kill point in time")
+            time.sleep(0.05)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("point", ["early", "midway", "late"])
+def test_sigkill_then_resume_gives_exact_output(ray_session, tmp_path: Path, executor: str, point: str) -> None:
+    cfg = make_cfg(tmp_path, executor)
+    total_outputs = FILES * OUTPUTS_PER_SOURCE
+    kill_at = {"early": 1, "midway": total_outputs // 2, "late": total_outputs - 3}[point]
+    run_and_kill(cfg, kill_at)
+
+    before = checkpoint_status(cfg["checkpoint"])
+    done_before = set(before["completed"])
+    attempts_before = job.processed_sources(cfg["log_dir"])
+
+    assert job.run(cfg) >= 0
+    after = checkpoint_status(cfg["checkpoint"])
+    assert after["completed_sources"] == FILES, after
+    assert after["failed_sources"] == 0
+    assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
+    assert len(output_files(cfg)) == total_outputs
+
+    attempts_resume = job.processed_sources(cfg["log_dir"])
+    redone = _new_attempts(attempts_before, attempts_resume)
+    assert not (redone & done_before), f"sources complete before the kill were redone: {redone & done_before}"
+
+    # A third run on the complete checkpoint reads nothing and returns [].
+    assert job.build_pipeline(cfg).run(job.make_executor(cfg)) == []
+    assert job.processed_sources(cfg["log_dir"]) == attempts_resume
+
+
+def _new_attempts(before: list[str], after: list[str]) -> set[str]:
+    counts: dict[str, int] = {}
+    for s in before:
+        counts[s] = counts.get(s, 0) + 1
+    new: set[str] = set()
+    for s in after:
+        if counts.get(s, 0) > 0:
+            counts[s] -= 1
+        else:
+            new.add(s)
+    return new
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_failed_sources_are_redone_next_run(ray_session, tmp_path: Path, executor: str) -> None:
+    cfg = make_cfg(tmp_path, executor, slow_s=0.0, raise_on=["part-0003.jsonl"], fail_on=["part-0005.jsonl"])
+    job.run(cfg)
+    status = checkpoint_status(cfg["checkpoint"])
+    assert status["completed_sources"] == FILES - 2
+    assert status["failed_sources"] == 2
+    reasons = " ".join(status["failed"].values())
+    assert "injected failure" in reasons and "injected FailedTask" in reasons
+
+    before = job.processed_sources(cfg["log_dir"])
+    Path(cfg["log_dir"], "heal").touch()
+    job.run(cfg)
+    redone = _new_attempts(before, job.processed_sources(cfg["log_dir"]))
+    assert redone == set(status["failed"])
+    status = checkpoint_status(cfg["checkpoint"])
+    assert status["completed_sources"] == FILES and status["failed_sources"] == 0
+    assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_inputs_changed_between_runs(ray_session, tmp_path: Path, executor: str) -> None:
+    cfg = make_cfg(tmp_path, executor, slow_s=0.0)
+    job.run(cfg)
+    first = job.processed_sources(cfg["log_dir"])
+    assert len(first) == FILES
+
+    os.remove(os.path.join(cfg["input_dir"], "part-0000.jsonl"))
+    with open(os.path.join(cfg["input_dir"], "part-9999.jsonl"), "w") as fh:
+        fh.write(json.dumps({"id": "new-0", "text": "a new file"}) + "\n")
+    job.run(cfg)
+    new = _new_attempts(first, job.processed_sources(cfg["log_dir"]))
+    assert len(new) == 1, "only the new file's source should be processed"
+    status = checkpoint_status(cfg["checkpoint"])
+    assert status["completed_sources"] == FILES + 1  # the removed file's source stays recorded, unused
+    assert "new-0" in job.written_records(cfg["output_dir"])
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_changed_pipeline_is_refused(ray_session, tmp_path: Path, executor: str) -> None:
+    from nemo_curator.resumability.checkpoint import FingerprintMismatchError
+
+    cfg = make_cfg(tmp_path, executor, slow_s=0.0)
+    job.run(cfg)
+    changed = {**cfg, "extra_stage": True}
+    with pytest.raises(FingerprintMismatchError, match="ckpt"):
+        job.run(changed)
+    # The explicit override reuses it: every source is already complete.
+    overridden = {**changed, "executor_config": {"allow_pipeline_change": True}}
+    assert job.run(overridden) == 0
