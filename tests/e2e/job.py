@@ -63,23 +63,50 @@ class SplitInThree(ProcessingStage[DocumentBatch, DocumentBatch]):
         out: list[DocumentBatch | None] = []
         for k in range(2):
             part = frame.iloc[k::3].reset_index(drop=True)
-            out.append(DocumentBatch(task.dataset_name, part) if len(part) else None)
+            out.append(DocumentBatch(task.dataset_name, part, _metadata=dict(task._metadata)) if len(part) else None)
         out.append(None)
         return out
 
 
 @dataclass
 class Slow(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Sleeps per task, so that a kill lands mid-run."""
+    """Sleeps per task, so that a kill lands mid-run; can inject one-off disasters.
+
+    Each disaster happens once per ``log_dir`` (a marker file records it), on the first task
+    whose source files include ``crash_on`` / ``kill_ledger_on``:
+    - ``crash_on``: the worker process dies (``os._exit``), as if OOM-killed or preempted;
+    - ``kill_ledger_on``: the checkpoint's ledger actor is killed (Ray may restart it).
+    """
 
     seconds: float = 0.05
+    log_dir: str = ""
+    crash_on: str = ""
+    kill_ledger_on: str = ""
+    checkpoint: str = ""
     name: str = "slow"
     resources: Resources = field(default_factory=lambda: SMALL)
-    fingerprint_ignore: tuple[str, ...] = ("seconds",)
+    fingerprint_ignore: tuple[str, ...] = ("seconds", "log_dir", "crash_on", "kill_ledger_on", "checkpoint")
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
+        names = {os.path.basename(p) for p in task._metadata.get("source_files", [])}
+        if self.crash_on in names and self._first_time("crashed"):
+            os._exit(1)
+        if self.kill_ledger_on in names and self._first_time("ledger_killed"):
+            import ray
+
+            from nemo_curator.resumability.actor import NAMESPACE, ledger_actor_name
+
+            ray.kill(ray.get_actor(ledger_actor_name(self.checkpoint), namespace=NAMESPACE), no_restart=False)
         time.sleep(self.seconds)
         return task
+
+    def _first_time(self, what: str) -> bool:
+        try:
+            fd = os.open(os.path.join(self.log_dir, what), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
 
 
 def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
@@ -87,7 +114,13 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
         FilePartitioningStage(file_paths=cfg["input_dir"], files_per_partition=1, file_extensions=[".jsonl"]),
         RecordingReader(log_dir=cfg["log_dir"], raise_on=cfg.get("raise_on", []), fail_on=cfg.get("fail_on", [])),
         SplitInThree(),
-        Slow(seconds=cfg.get("slow_s", 0.05)),
+        Slow(
+            seconds=cfg.get("slow_s", 0.05),
+            log_dir=cfg["log_dir"],
+            crash_on=cfg.get("crash_on", ""),
+            kill_ledger_on=cfg.get("kill_ledger_on", ""),
+            checkpoint=cfg.get("checkpoint") or "",
+        ),
         JsonlWriter(cfg["output_dir"]),
     ]
     if cfg.get("extra_stage"):

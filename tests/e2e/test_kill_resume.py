@@ -5,6 +5,7 @@ Real Ray, real cosmos-xenna, real LMDB, on each of the three executors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,10 +70,8 @@ def kill_tree(pid: int) -> None:
             except psutil.NoSuchProcess:
                 pass
     for p in frozen.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(list(frozen.values()), timeout=20)
 
 
