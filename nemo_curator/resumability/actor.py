@@ -1,0 +1,486 @@
+"""The shared ledger actor (one per checkpoint directory) and its driver-side handle.
+
+``LedgerHandle.open(dir, stages)`` validates the directory and the pipeline fingerprint *in the
+driver* (clear errors before any work), replaces a leftover actor of a dead run, and starts one
+``LedgerActor`` named after the resolved directory (``nemo_curator_ledger_<hash>`` in the
+``nemo_curator`` namespace), pinned to the driver's node (the LMDB file is local to it), owned by
+the driver (not detached: it dies with the driver) and restartable (``max_restarts``).
+
+Guarantees:
+- ``report(batch)`` is acknowledged: the actor commits the batch to LMDB before it returns, so
+  the driver may drop a batch only once it is durable;
+- retried calls are safe. Each batch carries ``(sender, seq)``; the store commits ``seq`` in the
+  same transaction as the batch and ignores a batch it has already committed. So Ray's own retry
+  of an in-flight call after an actor restart (``max_task_retries=-1``) and the handle's resend
+  after an error never count a report twice; report deduplication by task id is a second guard;
+- a restarted actor reopens the same writer file and reloads its in-flight state exactly;
+- when the actor is gone for good, calls raise ``LedgerUnavailableError`` instead of running on
+  without tracking.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from loguru import logger
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableError
+from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
+from nemo_curator.resumability.layout import new_writer_id
+from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
+from nemo_curator.resumability.liveness import recorded_process_alive, this_process
+from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.resumability.store import CheckpointStore, preflight
+
+NAMESPACE = "nemo_curator"
+ACTOR_NAME_PREFIX = "nemo_curator_ledger_"
+DEFAULT_MAX_RESTARTS = 4
+
+#: How long a caller waits for a restarting actor before giving up.
+UNAVAILABLE_TIMEOUT_S = 180.0
+
+
+def ledger_actor_name(checkpoint_dir: str | os.PathLike) -> str:
+    """The actor name for a checkpoint directory: a short hash of its resolved path."""
+    resolved = str(Path(os.fspath(checkpoint_dir)).expanduser().resolve())
+    return ACTOR_NAME_PREFIX + hashlib.blake2b(resolved.encode(), digest_size=8).hexdigest()
+
+
+# Actors this process opened and has not closed: name -> writer id.
+_open_handles: dict[str, str] = {}
+_open_handles_lock = threading.Lock()
+
+
+def owner_alive(owner: dict[str, Any]) -> bool:
+    """Whether the run recorded in ``owner`` is still running.
+
+    On this host: its driver pid is alive (and is the same process, by start time); in this very
+    process, only if a ``LedgerHandle`` of it is still open. On another host we cannot look: the
+    actor is owned by its driver and dies with it, so a live actor there means a live run.
+    """
+    alive = recorded_process_alive(owner)
+    if alive is None:
+        return True
+    if int(owner.get("pid", -1)) == os.getpid():
+        with _open_handles_lock:
+            return owner.get("writer_id") in _open_handles.values()
+    return alive
+
+
+class LedgerActor:
+    """Owns the ``CheckpointStore`` (and its ``SourceLedger``) of one run; runs as a Ray actor.
+
+    Methods run one at a time (no concurrency), in arrival order per caller.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        writer_id: str,
+        fingerprint: str,
+        description: list[dict[str, Any]] | None,
+        owner: dict[str, Any],
+        recent_limit: int = DEFAULT_RECENT_LIMIT,
+        allow_fingerprint_change: bool = False,
+    ) -> None:
+        self._owner = dict(owner)
+        self._reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        # The driver checked the fingerprint before starting us; checking again here records an
+        # allowed override in the file. A restart reopens this run's own file and is not re-checked.
+        self._store = CheckpointStore.open(
+            checkpoint_dir,
+            fingerprint=fingerprint,
+            description=description,
+            writer_id=writer_id,
+            verify_fingerprint=not self._reconstructed,
+            allow_fingerprint_change=allow_fingerprint_change,
+            owner=owner,
+            recent_limit=recent_limit,
+        )
+        # The loaded state (a set of up to millions of keys) lives as long as the actor: keep the
+        # garbage collector from traversing it on every full collection.
+        gc.collect()
+        gc.freeze()
+        meta = self._store.meta
+        self._sources_seen = int(meta.get("sources_seen", 0) or 0)
+        self._sources_skipped = int(meta.get("sources_skipped", 0) or 0)
+        if self._reconstructed:
+            logger.warning(
+                "ledger actor for {} restarted; reloaded {} in-flight source(s) from {}",
+                checkpoint_dir,
+                self._store.ledger.in_flight_count,
+                self._store.path,
+            )
+
+    def owner(self) -> dict[str, Any]:
+        return {**self._owner, "actor_pid": os.getpid()}
+
+    def report(self, batch: ReportBatch, sender: str, seq: int) -> dict[str, Any]:
+        """Apply and commit one batch; returns the acknowledgement (after the LMDB commit)."""
+        counters = {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
+        update = self._store.apply(batch, sender=sender, seq=seq, meta=counters)
+        ack = self.status()
+        ack["seq"] = seq
+        ack["duplicate_batch"] = update is None
+        ack["newly_completed"] = 0 if update is None else len(update.completed)
+        ack["newly_failed"] = 0 if update is None else len(update.failed)
+        ack["batch_anomalies"] = 0 if update is None else len(update.anomalies)
+        return ack
+
+    def completed(self, source_ids: list[str]) -> list[str]:
+        """The ids among ``source_ids`` that are complete (for the source stage)."""
+        done = self._store.completed(source_ids)
+        self._sources_seen += len(source_ids)
+        self._sources_skipped += len(done)
+        return done
+
+    def status(self) -> dict[str, Any]:
+        status = self._store.status()
+        status["sources_seen"] = self._sources_seen
+        status["sources_skipped"] = self._sources_skipped
+        status["actor_restarted"] = self._reconstructed
+        status["actor_pid"] = os.getpid()
+        return status
+
+    def close(self) -> dict[str, Any]:
+        """Record the counters, close the store and return the final status."""
+        counters = {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
+        status = self.status()
+        self._store.commit(LedgerUpdate(), meta=counters)
+        self._store.close()
+        return status
+
+
+@functools.cache
+def _remote_class() -> Any:
+    return ray.remote(LedgerActor)
+
+
+@dataclass
+class LedgerSourceFilter:
+    """Picklable worker-side view of the ledger for the source stage.
+
+    ``completed(ids)`` looks the actor up by name (once per process) and asks it which ids are
+    complete. Implements ``nemo_curator.backends.stage_adapter.SourceFilter``.
+    """
+
+    actor_name: str
+    namespace: str
+    checkpoint: str
+    timeout_s: float = UNAVAILABLE_TIMEOUT_S
+    _actor: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_actor"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _lookup(self) -> Any:
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.actor_name, namespace=self.namespace)
+            except ValueError as exc:
+                raise LedgerUnavailableError(
+                    f"the ledger actor {self.actor_name!r} for checkpoint {self.checkpoint} does not exist (the run "
+                    "that owns it ended or its ledger died); this task cannot tell which sources are complete"
+                ) from exc
+        return self._actor
+
+    def completed(self, source_ids: list[str]) -> set[str]:
+        """The subset of ``source_ids`` already complete in the checkpoint."""
+        if not source_ids:
+            return set()
+        ids = list(source_ids)
+        done = _call_with_retry(
+            lambda: self._lookup().completed.remote(ids),
+            what="completed",
+            checkpoint=self.checkpoint,
+            timeout_s=self.timeout_s,
+            on_retry=self._forget,
+        )
+        return set(done)
+
+    def _forget(self) -> None:
+        self._actor = None
+
+
+def _call_with_retry(make_ref: Any, *, what: str, checkpoint: str, timeout_s: float, on_retry: Any = None) -> Any:
+    """``ray.get`` a call, waiting out actor restarts; ``LedgerUnavailableError`` once it is gone."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return ray.get(make_ref(), timeout=max(1.0, deadline - time.monotonic()))
+        except ActorDiedError as exc:
+            raise LedgerUnavailableError(
+                f"the ledger actor for checkpoint {checkpoint} died for good during {what}() ({exc}). What it had "
+                "acknowledged is recorded; rerun the same pipeline with the same checkpoint to resume"
+            ) from exc
+        except (ActorUnavailableError, RayActorError, GetTimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise LedgerUnavailableError(
+                    f"the ledger actor for checkpoint {checkpoint} did not answer {what}() within {timeout_s:.0f} s "
+                    f"({type(exc).__name__}: {exc}). What it had acknowledged is recorded; rerun to resume"
+                ) from exc
+            logger.warning("ledger actor unavailable during {}() ({}); retrying", what, type(exc).__name__)
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class LedgerHandle:
+    """Driver-side handle of the run's ledger actor. Use ``LedgerHandle.open``.
+
+    ``report`` blocks until the batch is committed and is safe to call again with the same
+    batch after any error (each batch is tagged with this handle's sender id and a sequence
+    number, and the store applies each tag at most once). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        actor: Any,
+        name: str,
+        checkpoint: Path,
+        writer_id: str,
+        fingerprint: str,
+        timeout_s: float = UNAVAILABLE_TIMEOUT_S,
+    ) -> None:
+        self._actor = actor
+        self.name = name
+        self.checkpoint = checkpoint
+        self.writer_id = writer_id
+        self.fingerprint = fingerprint
+        self.timeout_s = timeout_s
+        self._sender = f"driver-{uuid.uuid4().hex[:12]}"
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        checkpoint_dir: str | os.PathLike,
+        stages_or_fingerprint: Sequence[Any] | str,
+        *,
+        allow_fingerprint_change: bool = False,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        recent_limit: int = DEFAULT_RECENT_LIMIT,
+        timeout_s: float = UNAVAILABLE_TIMEOUT_S,
+    ) -> LedgerHandle:
+        """Validate ``checkpoint_dir`` and the pipeline, then start the ledger actor.
+
+        ``stages_or_fingerprint`` is the built stage list (or a fingerprint from
+        ``pipeline_fingerprint``). Raises ``CheckpointError`` (bad directory, a run already using
+        it) or ``FingerprintMismatchError`` in the driver, before any work starts. Ray must be
+        initialized.
+        """
+        if isinstance(stages_or_fingerprint, str):
+            fingerprint, description = stages_or_fingerprint, None
+        else:
+            description = describe_fingerprint(list(stages_or_fingerprint))
+            fingerprint = fingerprint_of_description(description)
+        checkpoint = preflight(
+            checkpoint_dir, fingerprint, description, allow_fingerprint_change=allow_fingerprint_change
+        )
+        if not ray.is_initialized():
+            raise RuntimeError("LedgerHandle.open needs an initialized Ray (the executor starts it)")
+        name = ledger_actor_name(checkpoint)
+        writer_id = new_writer_id()
+        ctx = ray.get_runtime_context()
+        owner = {
+            **this_process(),
+            "writer_id": writer_id,
+            "job_id": ctx.get_job_id(),
+            "checkpoint": str(checkpoint),
+        }
+        actor = _start_actor(
+            name,
+            checkpoint,
+            args=(str(checkpoint), writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
+            max_restarts=max_restarts,
+            node_id=ctx.get_node_id(),
+        )
+        handle = cls(actor, name, checkpoint, writer_id, fingerprint, timeout_s)
+        with _open_handles_lock:
+            _open_handles[name] = writer_id
+        try:
+            status = ray.get(actor.status.remote(), timeout=timeout_s)
+        except (RayActorError, GetTimeoutError) as exc:
+            handle._forget()
+            with suppress(RayActorError, ValueError):
+                ray.kill(actor, no_restart=True)
+            raise CheckpointError(
+                f"the ledger for checkpoint {checkpoint} could not be started: {exc}. Nothing was recorded by this run"
+            ) from exc
+        logger.info(
+            "ledger for checkpoint {}: {} source(s) complete, {} failed; run {} (actor {}, loaded in {:.2f} s)",
+            checkpoint,
+            status["completed_sources"],
+            status["failed_sources"],
+            writer_id,
+            name,
+            status["load_seconds"],
+        )
+        return handle
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _require_open(self) -> Any:
+        if self._closed:
+            raise LedgerUnavailableError(f"the ledger handle for checkpoint {self.checkpoint} is closed")
+        return self._actor
+
+    def report(self, reports: Iterable[Report] | ReportBatch) -> dict[str, Any]:
+        """Send one batch and block until it is committed; returns the actor's acknowledgement.
+
+        The acknowledgement holds the ledger's status plus ``seq``, ``duplicate_batch``,
+        ``newly_completed``, ``newly_failed`` and ``batch_anomalies``.
+        """
+        batch = reports if isinstance(reports, ReportBatch) else ReportBatch.from_reports(reports)
+        with self._lock:
+            actor = self._require_open()
+            self._seq += 1
+            seq = self._seq
+            ref = ray.put(batch)
+            return _call_with_retry(
+                lambda: actor.report.remote(ref, self._sender, seq),
+                what="report",
+                checkpoint=str(self.checkpoint),
+                timeout_s=self.timeout_s,
+            )
+
+    def completed(self, source_ids: Iterable[str]) -> set[str]:
+        """The subset of ``source_ids`` already complete."""
+        actor = self._require_open()
+        ids = list(source_ids)
+        return set(
+            _call_with_retry(
+                lambda: actor.completed.remote(ids),
+                what="completed",
+                checkpoint=str(self.checkpoint),
+                timeout_s=self.timeout_s,
+            )
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The ledger's counters (JSON-serialisable), see ``CheckpointStore.status``."""
+        actor = self._require_open()
+        return _call_with_retry(
+            lambda: actor.status.remote(), what="status", checkpoint=str(self.checkpoint), timeout_s=self.timeout_s
+        )
+
+    def source_filter(self) -> LedgerSourceFilter:
+        """A picklable object for the source stage's workers (``completed(ids) -> set[str]``)."""
+        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s)
+
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle (for tests and diagnostics)."""
+        return self._actor
+
+    def close(self) -> dict[str, Any] | None:
+        """Close the store, stop the actor and return its final status; the LMDB file stays.
+
+        Idempotent. When the actor is already gone this returns ``None`` (what it acknowledged is
+        recorded).
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            self._forget()
+            status = None
+            try:
+                status = ray.get(self._actor.close.remote(), timeout=self.timeout_s)
+            except (RayActorError, GetTimeoutError) as exc:
+                logger.warning("ledger actor for {} was not closed cleanly: {}", self.checkpoint, exc)
+            with suppress(RayActorError, ValueError):
+                ray.kill(self._actor, no_restart=True)
+            return status
+
+    def _forget(self) -> None:
+        with _open_handles_lock:
+            if _open_handles.get(self.name) == self.writer_id:
+                del _open_handles[self.name]
+
+    def __enter__(self) -> LedgerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _start_actor(name: str, checkpoint: Path, *, args: tuple[Any, ...], max_restarts: int, node_id: str) -> Any:
+    """Create the named actor, replacing a leftover one whose run is no longer alive."""
+    remote_cls = _remote_class()
+    for _ in range(50):
+        _replace_stale_actor(name, checkpoint)
+        try:
+            return remote_cls.options(
+                name=name,
+                namespace=NAMESPACE,
+                max_restarts=max_restarts,
+                max_task_retries=-1,
+                max_concurrency=1,
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote(*args)
+        except ValueError as exc:  # the name is still registered (a killed actor not yet cleaned up)
+            if "already taken" not in str(exc) and "already exists" not in str(exc):
+                raise
+            time.sleep(0.2)
+    raise CheckpointError(
+        f"could not start the ledger actor {name!r} for checkpoint {checkpoint}: the name stays taken. "
+        "Another run may be starting on the same checkpoint directory"
+    )
+
+
+def _replace_stale_actor(name: str, checkpoint: Path) -> None:
+    """Kill a live actor of ``name`` if its run is dead; raise ``CheckpointError`` if it is alive."""
+    try:
+        existing = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return
+    try:
+        owner: dict[str, Any] | None = ray.get(existing.owner.remote(), timeout=30)
+    except (RayActorError, GetTimeoutError):
+        owner = None
+    if owner is not None and owner_alive(owner):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} is in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+            f"run {owner.get('writer_id')}). Fix: wait for that run to finish (or stop it), or use another "
+            "checkpoint directory"
+        )
+    logger.warning(
+        "replacing a leftover ledger actor {!r} for checkpoint {} from a run that is no longer alive ({})",
+        name,
+        checkpoint,
+        owner,
+    )
+    with suppress(RayActorError, ValueError):
+        ray.kill(existing, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)

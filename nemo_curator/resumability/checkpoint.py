@@ -1,0 +1,267 @@
+"""Checkpoint directory validation: clear errors before any work starts.
+
+``validate_checkpoint_dir(path)`` creates the directory when missing and refuses, with a
+``CheckpointError`` that names the path and the fix:
+
+- a path that is a file, or whose parent is a file;
+- a directory that cannot be written (permissions, read-only filesystem);
+- a directory on a network or FUSE filesystem (NFS, SMB/CIFS, sshfs, 9p, Ceph, GlusterFS,
+  Lustre, ...), detected from the mount table, where LMDB's memory map and locks are unsafe
+  (``NEMO_CURATOR_ALLOW_NETWORK_CHECKPOINT=1`` turns this refusal into a warning);
+- a corrupt or foreign file in ``<path>/ledger/`` with the ``.lmdb`` suffix.
+
+Validation never deletes or rewrites anything already recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from loguru import logger
+
+from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
+from nemo_curator.resumability.layout import LEDGER_DIRNAME, LOCK_SUFFIX, WRITER_SUFFIX, WriterFile, writer_paths
+
+__all__ = [
+    "ALLOW_NETWORK_ENV",
+    "NETWORK_FILESYSTEMS",
+    "CheckpointError",
+    "FingerprintMismatchError",
+    "filesystem_type",
+    "network_filesystem_type",
+    "parse_mount_table",
+    "validate_checkpoint_dir",
+]
+
+#: Set to 1 to accept a checkpoint on a network/FUSE filesystem (with a warning).
+ALLOW_NETWORK_ENV = "NEMO_CURATOR_ALLOW_NETWORK_CHECKPOINT"
+
+#: Filesystem types where LMDB (shared memory map + POSIX locks) is unsafe. ``fuse.*`` is matched by prefix.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "sshfs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "afs",
+        "davfs",
+        "ncpfs",
+        "orangefs",
+        "pvfs2",
+        "ocfs2",
+        "gfs2",
+        "fuse",
+        "fuseblk",
+    }
+)
+
+
+def _unescape_mount_field(field: str) -> str:
+    """Mount tables escape space, tab, newline and backslash as 3-digit octal (``\\040``)."""
+    if "\\" not in field:
+        return field
+    out: list[str] = []
+    i = 0
+    while i < len(field):
+        ch = field[i]
+        if ch == "\\" and len(field) >= i + 4 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_mount_table(text: str) -> list[tuple[str, str]]:
+    """``(mount point, filesystem type)`` pairs from ``/proc/self/mountinfo`` or ``/proc/mounts`` text."""
+    mounts: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if " - " in line and len(parts) >= 7:
+            # mountinfo: id parent major:minor root mountpoint options [optional...] - fstype source superopts
+            sep = parts.index("-", 6) if "-" in parts[6:] else -1
+            if sep < 0 or sep + 1 >= len(parts):
+                continue
+            mounts.append((_unescape_mount_field(parts[4]), parts[sep + 1]))
+        elif len(parts) >= 3:
+            # /proc/mounts: source mountpoint fstype options dump pass
+            mounts.append((_unescape_mount_field(parts[1]), parts[2]))
+    return mounts
+
+
+def _read_mount_table() -> str | None:
+    for name in ("/proc/self/mountinfo", "/proc/mounts"):
+        try:
+            with open(name, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            continue
+    return None
+
+
+def filesystem_type(path: str | os.PathLike, mount_table: str | None = None) -> str | None:
+    """Filesystem type of the mount holding ``path`` (longest matching mount point), or ``None``."""
+    text = mount_table if mount_table is not None else _read_mount_table()
+    if text is None:
+        return None
+    target = os.path.realpath(path) if mount_table is None else os.path.normpath(os.fspath(path))
+    best: tuple[int, str] | None = None
+    for mount_point, fstype in parse_mount_table(text):
+        mp = mount_point.rstrip("/") or "/"
+        if mp == "/" or target == mp or target.startswith(mp + "/"):
+            length = len(mp)
+            # Later entries stack on earlier ones at the same mount point (">=" keeps the last).
+            if best is None or length >= best[0]:
+                best = (length, fstype)
+    return None if best is None else best[1]
+
+
+def network_filesystem_type(path: str | os.PathLike, mount_table: str | None = None) -> str | None:
+    """The filesystem type of ``path`` if it is a network or FUSE filesystem, else ``None``."""
+    fstype = filesystem_type(path, mount_table)
+    if fstype is None:
+        return None
+    if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse."):
+        return fstype
+    return None
+
+
+def _check_filesystem(path: Path, mount_table: str | None) -> None:
+    fstype = network_filesystem_type(path, mount_table)
+    if fstype is None:
+        return
+    message = (
+        f"checkpoint directory {path} is on a {fstype!r} filesystem (network or FUSE). LMDB, which records "
+        "the checkpoint, relies on a shared memory map and POSIX locks that such filesystems do not provide "
+        "reliably: runs can hang or corrupt the checkpoint."
+    )
+    if os.environ.get(ALLOW_NETWORK_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        logger.warning("{} Proceeding because {}=1 is set.", message, ALLOW_NETWORK_ENV)
+        return
+    raise CheckpointError(
+        f"{message} Fix: put the checkpoint on a local disk (e.g. node-local scratch), or set "
+        f"{ALLOW_NETWORK_ENV}=1 if you know this filesystem is safe for LMDB (one writer per file)."
+    )
+
+
+def _first_file_ancestor(path: Path) -> Path | None:
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def _make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = _first_file_ancestor(path)
+        where = f"{blocker} is a file" if blocker is not None else str(exc)
+        raise CheckpointError(
+            f"cannot create {what} {path}: {where}. Fix: choose a checkpoint path whose parents are directories"
+        ) from exc
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot create {what} {path}: {exc.strerror or exc}. Fix: choose a writable location for the "
+            "checkpoint, or fix the permissions of its parent directory"
+        ) from exc
+
+
+def _probe_writable(directory: Path, checkpoint: Path) -> None:
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(
+            f"checkpoint directory {checkpoint} is not writable ({exc.strerror or exc} on {directory}). "
+            "Fix: choose a writable location for the checkpoint, or fix its permissions"
+        ) from exc
+
+
+def _check_ledger_files(checkpoint: Path, open_files: bool) -> None:
+    """Warn about unexpected entries; with ``open_files``, open every writer file to check it."""
+    ledger = checkpoint / LEDGER_DIRNAME
+    for entry in ledger.iterdir():
+        name = entry.name
+        if (
+            name.endswith(WRITER_SUFFIX)
+            or name.endswith(WRITER_SUFFIX + LOCK_SUFFIX)
+            or name.startswith(".write-probe-")
+        ):
+            continue
+        logger.warning("ignoring unexpected file {} in checkpoint ledger directory {}", entry, ledger)
+    if not open_files:
+        return
+    for path in writer_paths(checkpoint):
+        wf = WriterFile.open(path)
+        if wf is not None:
+            wf.close()
+
+
+def validate_checkpoint_dir(
+    path: str | os.PathLike, *, check_ledger_files: bool = True, mount_table: str | None = None
+) -> Path:
+    """Make ``path`` a usable checkpoint directory (created if missing) and return it resolved.
+
+    Raises ``CheckpointError`` naming the path and the fix (see the module docstring). Nothing
+    already in the directory is changed; only ``ledger/`` is created when missing.
+    ``check_ledger_files=False`` skips opening the writer files (for callers that open them all
+    anyway, which raises the same errors).
+    ``mount_table`` replaces the text of ``/proc/self/mountinfo`` (for tests and diagnostics).
+    """
+    raw = Path(os.fspath(path)).expanduser()
+    checkpoint = Path(os.path.abspath(raw))
+    try:
+        return _validate(checkpoint, check_ledger_files, mount_table)
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot use checkpoint directory {checkpoint}: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}. Fix: choose a location you can read and write, "
+            "or fix the permissions of its parent directories"
+        ) from exc
+
+
+def _validate(checkpoint: Path, check_ledger_files: bool, mount_table: str | None) -> Path:
+    if checkpoint.exists() and not checkpoint.is_dir():
+        raise CheckpointError(
+            f"checkpoint path {checkpoint} is a file, not a directory. Fix: pass a directory path for the "
+            f"checkpoint (it is created if missing), e.g. {checkpoint.with_name(checkpoint.name + '.ckpt')}"
+        )
+    _make_dir(checkpoint, "checkpoint directory")
+    checkpoint = checkpoint.resolve()
+    _check_filesystem(checkpoint, mount_table)
+    ledger = checkpoint / LEDGER_DIRNAME
+    if ledger.exists() and not ledger.is_dir():
+        raise CheckpointError(
+            f"{ledger} is a file, but the checkpoint needs a directory there. Fix: move that file away, or use a "
+            "new checkpoint directory"
+        )
+    if not ledger.exists() and any(checkpoint.iterdir()):
+        logger.warning(
+            "checkpoint directory {} is not empty and holds no ledger yet; a 'ledger' subdirectory is added, "
+            "nothing else is touched",
+            checkpoint,
+        )
+    _make_dir(ledger, "checkpoint ledger directory")
+    _probe_writable(ledger, checkpoint)
+    _check_ledger_files(checkpoint, open_files=check_ledger_files)
+    return checkpoint

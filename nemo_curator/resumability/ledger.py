@@ -1,0 +1,509 @@
+"""The completion ledger: order-independent credit recovery per source (pure Python).
+
+Every source starts with credit 1. Stages split a task's credit exactly among its children
+(``Credit.split`` / ``split_lineage``) with no message; a task that ends (written by the sink,
+or filtered, as a ``NoneTask`` sentinel) returns its credit in a ``Report``; a failed task
+(``FailedTask``) returns nothing. ``SourceLedger.apply(reports)`` sums the returned credit per
+source and says which sources became complete.
+
+Invariants (for every source ``s``):
+
+1. ``s`` is complete exactly when the *distinct* credit returned for it sums to exactly 1.
+   Returns commute, so no arrival order completes a source early: a child's report that
+   arrives before anything about its parent's fan-out carries only a fraction of 1.
+2. Reports are deduplicated by ``(source_id, task_id)``: a retried task that reports again with
+   the same credit changes nothing (task ids longer than 256 bytes are deduplicated by a
+   128-bit hash, ``keys.task_dedup_key``).
+3. A failure report returns no credit; the source is recorded failed for this run and stays
+   incomplete (it is redone on the next run). Later reports for it are ignored.
+4. Anomalies are never raised; each is logged as a loguru warning naming the source and the
+   fix, and the source is marked for redo (recorded failed, its completion revoked if it had
+   one). They are: returned credit above 1; the same task id reported with different credit
+   (a non-deterministic stage); credit for an already complete source from a task that was not
+   part of its completion.
+5. Memory is bounded by the in-flight sources: the per-task state of a source (its seen task
+   ids and their credit) is dropped the moment it completes or fails. Only a bounded LRU of
+   the ``recent_limit`` most recently completed sources' tasks is kept, to recognise harmless
+   late duplicates; the store persists their task ids, so a restarted ledger still recognises
+   them (after a restart it compares ids only, not credits). The completed set holds one
+   compact key per complete source (``keys.source_key``, 16 bytes for framework ids).
+
+``apply(reports)`` / ``apply_batch(batch)`` return a ``LedgerUpdate`` with exactly what a store
+must persist for the batch. The ledger has no I/O; ``CheckpointStore`` commits each update in one
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+
+from loguru import logger
+
+from nemo_curator.resumability.credit import Credit
+from nemo_curator.resumability.keys import source_id_from_key, source_key, task_dedup_key
+from nemo_curator.resumability.report import Report, ReportBatch
+
+#: How many recently completed sources' tasks are remembered to recognise late duplicates.
+DEFAULT_RECENT_LIMIT = 16384
+
+#: Anomaly kinds.
+CREDIT_ABOVE_ONE = "credit_above_one"
+NONDETERMINISTIC = "nondeterministic"
+COMPLETED_SOURCE = "completed_source"
+
+_FIXES = {
+    CREDIT_ABOVE_ONE: (
+        "two different task ids returned the same credit; this happens when a stage emits one output object "
+        "several times in different lists, or when task ids are not deterministic. Make the stage's outputs "
+        "and ids deterministic"
+    ),
+    NONDETERMINISTIC: (
+        "a stage produced different outputs for the same input when its task was retried (a non-deterministic "
+        "stage). Make process()/process_batch() return the same number of outputs for the same input"
+    ),
+    COMPLETED_SOURCE: (
+        "the source was already complete, so the source stage emitted an already complete source (its "
+        "get_deterministic_id() is not stable, or the source filter was bypassed) or a stage is "
+        "non-deterministic. Make source ids stable and stages deterministic"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something that cannot happen with deterministic stages; its source is redone."""
+
+    kind: str
+    source_id: str
+    task_id: str
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        """The failure reason recorded for the source."""
+        return f"ledger anomaly ({self.kind}) at task {self.task_id!r}: {self.detail}"
+
+
+@dataclass(slots=True)
+class LedgerUpdate:
+    """What one ``apply`` changed; a store persists it in one transaction.
+
+    ``completed`` lists the newly completed source ids; ``completed_keys`` their
+    ``keys.source_key`` and ``completed_seen`` their seen tasks (task dedup key -> packed credit,
+    see ``pack_credit``), aligned with it. ``inflight_added`` holds the
+    ``(source_key, task_dedup_key, num, exp)`` rows (credit ``num / 2**exp``) accepted in this
+    batch for sources still in flight at its end (rows of sources that completed or failed
+    within the batch are never written). ``inflight_cleared`` lists the source keys of sources
+    that left the in-flight state in this batch and had rows persisted by earlier batches.
+    ``revoked`` lists sources whose completion was withdrawn (they are also in ``failed``).
+    """
+
+    completed: list[str] = field(default_factory=list)
+    completed_keys: list[bytes] = field(default_factory=list)
+    completed_seen: list[dict[str, int]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    revoked: list[str] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    inflight_added: list[tuple[bytes, str, int, int]] = field(default_factory=list)
+    inflight_cleared: list[bytes] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+
+    def _set_completed(self, batch_completed: dict[str, _InFlight]) -> None:
+        self.completed = list(batch_completed)
+        states = batch_completed.values()
+        self.completed_keys = [st.key for st in states]
+        self.completed_seen = [st.seen for st in states]
+
+    def needs_commit(self) -> bool:
+        """Whether anything must be written."""
+        return bool(self.completed or self.failed or self.revoked or self.inflight_added or self.inflight_cleared)
+
+
+@dataclass(slots=True)
+class LedgerStats:
+    """Counters since this ledger object was built (a restarted ledger starts again at 0)."""
+
+    reports: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    anomalies: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+#: Bits of a packed credit that hold the exponent (``ReportBatch`` guarantees ``exp < 2**32``).
+_EXP_BITS = 32
+_EXP_MASK = (1 << _EXP_BITS) - 1
+
+
+def pack_credit(num: int, exp: int) -> int:
+    """The credit ``num / 2**exp`` as one int: plain ints are not tracked by the garbage collector,
+    so the per-task state of in-flight sources costs the collector nothing (tuples would)."""
+    return (num << _EXP_BITS) | exp
+
+
+def unpack_credit(packed: int) -> tuple[int, int]:
+    return packed >> _EXP_BITS, packed & _EXP_MASK
+
+
+class _InFlight:
+    """Returned credit of one in-flight source: ``num / 2**exp`` (not normalized) and its seen tasks.
+
+    ``seen`` maps task dedup key -> packed credit that task returned, in arrival order; the
+    entries from index ``mark`` on arrived in the batch being applied (``batch`` identifies it).
+    """
+
+    __slots__ = ("batch", "done", "exp", "key", "mark", "num", "persisted", "seen")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.num = 0
+        self.exp = 0
+        self.seen: dict[str, int] = {}
+        self.persisted = False
+        self.done = False  # left the in-flight state (completed or failed)
+        self.batch: object = None
+        self.mark = 0
+
+    def add(self, num: int, exp: int) -> None:
+        e = self.exp
+        if exp == e:
+            self.num += num
+        elif exp < e:
+            self.num += num << (e - exp)
+        else:
+            self.num = (self.num << (exp - e)) + num
+            self.exp = exp
+
+
+def _recent_match(entry: dict[str, int] | frozenset[str], tkey: str, packed: int) -> tuple[bool, bool, str]:
+    """``(known, same_credit, previous credit text)`` of task ``tkey`` in a recent entry.
+
+    Entries restored from the store hold task ids only; a known id then counts as the same.
+    """
+    if isinstance(entry, frozenset):
+        return tkey in entry, True, ""
+    prev = entry.get(tkey)
+    if prev is None:
+        return False, False, ""
+    return True, _same_credit(prev, packed), _wire(prev)
+
+
+def _same_credit(a: int, b: int) -> bool:
+    """Equal credit values (packed credits need not be normalized)."""
+    if a == b:
+        return True
+    (an, ae), (bn, be) = unpack_credit(a), unpack_credit(b)
+    e = max(ae, be)
+    return an << (e - ae) == bn << (e - be)
+
+
+def _wire(packed: int) -> str:
+    return Credit.make(*unpack_credit(packed)).to_wire()
+
+
+class SourceLedger:
+    """Per-source credit accounting over a stream of report batches (see the module docstring).
+
+    ``completed_keys`` is the set of ``source_key`` values of sources already complete (from the
+    checkpoint); the ledger adds to it and owns it. ``failed_this_run`` are sources this run
+    already recorded failed (a restarted ledger of the same run reloads them).
+    """
+
+    def __init__(
+        self,
+        completed_keys: set[bytes] | None = None,
+        failed_this_run: Iterable[str] = (),
+        *,
+        recent_limit: int = DEFAULT_RECENT_LIMIT,
+        max_logged_anomalies: int = 50,
+    ) -> None:
+        self._completed: set[bytes] = completed_keys if completed_keys is not None else set()
+        self._failed_run: set[str] = set(failed_this_run)
+        self._inflight: dict[str, _InFlight] = {}
+        self._recent: OrderedDict[str, dict[str, int] | frozenset[str]] = OrderedDict()
+        self._recent_limit = recent_limit
+        self._max_logged = max_logged_anomalies
+        self.stats = LedgerStats()
+
+    # -- queries ----------------------------------------------------------------------
+
+    def is_completed(self, source_id: str) -> bool:
+        return source_key(source_id) in self._completed
+
+    def completed_among(self, source_ids: Iterable[str]) -> list[str]:
+        """The ids among ``source_ids`` that are complete, in their given order."""
+        done = self._completed
+        return [sid for sid in source_ids if source_key(sid) in done]
+
+    def is_failed_this_run(self, source_id: str) -> bool:
+        return source_id in self._failed_run
+
+    @property
+    def completed_count(self) -> int:
+        return len(self._completed)
+
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def failed_this_run_count(self) -> int:
+        return len(self._failed_run)
+
+    @property
+    def recent_count(self) -> int:
+        """Completed sources whose tasks are remembered to recognise late duplicates (<= ``recent_limit``)."""
+        return len(self._recent)
+
+    def in_flight(self) -> dict[str, Credit]:
+        """Credit returned so far per in-flight source (a copy, for inspection and tests)."""
+        return {sid: Credit.make(st.num, st.exp) for sid, st in self._inflight.items() if st.num}
+
+    # -- restore ----------------------------------------------------------------------
+
+    def restore_recent(self, entries: Iterable[tuple[bytes, Iterable[str]]]) -> None:
+        """Reload recently completed sources' task ids ``(source key, task keys)``, oldest first."""
+        recent = self._recent
+        for key, task_keys in entries:
+            if key not in self._completed:
+                continue
+            sid = source_id_from_key(key)
+            recent[sid] = frozenset(task_keys)
+            recent.move_to_end(sid)
+            if len(recent) > self._recent_limit:
+                recent.popitem(last=False)
+
+    def restore(self, rows: Iterable[tuple[bytes, str, int, int]]) -> LedgerUpdate:
+        """Reload persisted in-flight rows ``(source_key, task_dedup_key, num, exp)`` of this run.
+
+        Rows are treated as already persisted. A restored source whose rows already sum to 1 is
+        completed, and one above 1 is an anomaly (neither happens with a consistent store); the
+        returned update says what to write for those.
+        """
+        upd = LedgerUpdate()
+        touched: dict[str, _InFlight] = {}
+        ids: dict[bytes, str] = {}
+        for key, tkey, num, exp in rows:
+            sid = ids.get(key)
+            if sid is None:
+                sid = ids[key] = source_id_from_key(key)
+            if sid in self._failed_run:
+                continue
+            st = self._inflight.get(sid)
+            if st is None:
+                st = _InFlight(key)
+                st.persisted = True
+                self._inflight[sid] = st
+            if tkey in st.seen:
+                continue
+            st.seen[tkey] = pack_credit(num, exp)
+            st.add(num, exp)
+            touched[sid] = st
+        batch_completed: dict[str, _InFlight] = {}
+        for sid, st in touched.items():
+            if st.num >= 1 << st.exp:
+                self._settle(sid, st, next(reversed(st.seen)), upd, batch_completed)
+        upd._set_completed(batch_completed)
+        return upd
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def apply(self, reports: Iterable[Report]) -> LedgerUpdate:
+        """Apply a batch of ``Report`` objects; returns what changed (never raises on bad reports)."""
+        return self.apply_batch(ReportBatch.from_reports(reports))
+
+    def apply_batch(self, batch: ReportBatch) -> LedgerUpdate:
+        """Apply a columnar batch; returns what changed (never raises on bad reports)."""
+        upd = LedgerUpdate()
+        inflight = self._inflight
+        inflight_get = inflight.get
+        failed_run = self._failed_run
+        recent = self._recent
+        completed = self._completed
+        touched: list[_InFlight] = []
+        batch_completed: dict[str, _InFlight] = {}
+        sids, tids, nums, exps = batch.source_ids, batch.task_ids, batch.nums, batch.exps
+        if batch.failures:
+            # Failures first: a failed task's credit never returns, so its source cannot complete in
+            # this run whatever the order; its other reports in this batch are then ignored.
+            self._apply_failures(batch, upd, batch_completed)
+            skip = set(batch.failures)
+            keep = [i for i in range(len(sids)) if i not in skip]
+            sids, tids = [sids[i] for i in keep], [tids[i] for i in keep]
+            nums, exps = [nums[i] for i in keep], [exps[i] for i in keep]
+        applied = 0
+        for sid, tkey, num, exp in zip(sids, tids, nums, exps, strict=True):
+            if len(tkey) > 64:
+                tkey = task_dedup_key(tkey)
+            st = inflight_get(sid)
+            if st is None:
+                key = None if sid in failed_run or sid in recent else source_key(sid)
+                if key is None or key in completed:
+                    self._report_for_settled(sid, tkey, num, exp, None, upd, batch_completed)
+                    continue
+                st = inflight[sid] = _InFlight(key)
+            seen = st.seen
+            if st.batch is not upd:
+                st.batch = upd
+                st.mark = len(seen)
+                touched.append(st)
+            packed = (num << _EXP_BITS) | exp  # pack_credit, inlined
+            prev = seen.setdefault(tkey, packed)
+            if prev is not packed:
+                if _same_credit(prev, packed):
+                    upd.duplicates += 1
+                else:
+                    detail = f"reported first with credit {_wire(prev)}, now with credit {_wire(packed)}"
+                    self._anomaly(NONDETERMINISTIC, sid, tkey, detail, upd)
+                    self._fail(sid, st, upd)
+                continue
+            # Inline exact addition (hot path): the running sum is num / 2**exp, exp never decreasing.
+            e = st.exp
+            if exp == e:
+                st.num += num
+            elif exp < e:
+                st.num += num << (e - exp)
+            else:
+                st.num = (st.num << (exp - e)) + num
+                st.exp = exp
+            applied += 1
+            if st.num >= 1 << st.exp:
+                self._settle(sid, st, tkey, upd, batch_completed)
+        # Rows to persist: the tasks that arrived in this batch for sources still in flight.
+        added = upd.inflight_added
+        for st in touched:
+            st.batch = None
+            if st.done or st.mark == len(st.seen):
+                continue
+            st.persisted = True
+            key = st.key
+            for tkey, packed in islice(st.seen.items(), st.mark, None):
+                added.append((key, tkey, packed >> _EXP_BITS, packed & _EXP_MASK))
+        upd.applied = applied
+        upd._set_completed(batch_completed)
+        stats = self.stats
+        stats.reports += len(batch)
+        stats.applied += applied
+        stats.duplicates += upd.duplicates
+        stats.ignored += upd.ignored
+        stats.completed += len(upd.completed)
+        stats.failed += len(upd.failed)
+        return upd
+
+    def _apply_failures(self, batch: ReportBatch, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]) -> None:
+        """Record the failure reports of ``batch``: each one's source fails for this run."""
+        for i, failure in batch.failures.items():
+            sid = batch.source_ids[i]
+            tkey = task_dedup_key(batch.task_ids[i])
+            st = self._inflight.get(sid)
+            if st is None and sid not in self._failed_run and sid not in self._recent:
+                key = source_key(sid)
+                if key not in self._completed:
+                    st = self._inflight[sid] = _InFlight(key)
+            if st is None:
+                self._report_for_settled(sid, tkey, batch.nums[i], batch.exps[i], failure, upd, batch_completed)
+                continue
+            prev = st.seen.get(tkey)
+            if prev is not None:
+                detail = f"reported first with credit {_wire(prev)}, now with a failure ({failure})"
+                self._anomaly(NONDETERMINISTIC, sid, tkey, detail, upd)
+            else:
+                upd.failed[sid] = failure
+            self._fail(sid, st, upd)
+
+    def _report_for_settled(
+        self,
+        sid: str,
+        tkey: str,
+        num: int,
+        exp: int,
+        failure: str | None,
+        upd: LedgerUpdate,
+        batch_completed: dict[str, _InFlight],
+    ) -> None:
+        """First report in this ledger's memory for ``sid``, a source that failed in this run or is complete."""
+        if sid in self._failed_run:
+            upd.ignored += 1
+            return
+        recent = self._recent.get(sid)
+        if recent is not None:
+            known, same, prev = _recent_match(recent, tkey, pack_credit(num, exp))
+            if known and same and failure is None:
+                upd.duplicates += 1
+                return
+            if known:
+                now = "a failure" if failure is not None else _wire(pack_credit(num, exp))
+                self._anomaly(NONDETERMINISTIC, sid, tkey, f"task reported again with {now} (was {prev})", upd)
+            else:
+                detail = "a report arrived after the source completed, from a task that was not part of its completion"
+                self._anomaly(COMPLETED_SOURCE, sid, tkey, detail, upd)
+            self._revoke(sid, batch_completed, upd)
+            return
+        self._anomaly(COMPLETED_SOURCE, sid, tkey, "a report arrived for a source already complete", upd)
+        self._revoke(sid, batch_completed, upd)
+
+    def _settle(
+        self, sid: str, st: _InFlight, tkey: str, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]
+    ) -> None:
+        """``st`` reached at least 1: complete it, or flag credit above 1."""
+        full = 1 << st.exp
+        if st.num == full:
+            del self._inflight[sid]
+            st.done = True
+            self._completed.add(st.key)
+            batch_completed[sid] = st
+            if st.persisted:
+                upd.inflight_cleared.append(st.key)
+            recent = self._recent
+            recent[sid] = st.seen
+            if len(recent) > self._recent_limit:
+                recent.popitem(last=False)
+        else:
+            detail = f"returned credit reached {_wire(pack_credit(st.num, st.exp))}, above 1"
+            self._anomaly(CREDIT_ABOVE_ONE, sid, tkey, detail, upd)
+            self._fail(sid, st, upd)
+
+    def _fail(self, sid: str, st: _InFlight, upd: LedgerUpdate) -> None:
+        """Drop ``sid``'s in-flight state; it stays incomplete for the rest of this run."""
+        del self._inflight[sid]
+        st.done = True
+        self._failed_run.add(sid)
+        if st.persisted:
+            upd.inflight_cleared.append(st.key)
+
+    def _revoke(self, sid: str, batch_completed: dict[str, _InFlight], upd: LedgerUpdate) -> None:
+        """Withdraw ``sid``'s completion; it is redone on the next run."""
+        self._completed.discard(source_key(sid))
+        self._recent.pop(sid, None)
+        self._failed_run.add(sid)
+        batch_completed.pop(sid, None)
+        upd.revoked.append(sid)
+
+    def _anomaly(self, kind: str, sid: str, task_id: str, detail: str, upd: LedgerUpdate) -> None:
+        anomaly = Anomaly(kind=kind, source_id=sid, task_id=task_id, detail=detail)
+        upd.anomalies.append(anomaly)
+        upd.failed[sid] = anomaly.reason
+        self.stats.anomalies += 1
+        count = self.stats.anomalies
+        if count <= self._max_logged:
+            logger.warning(
+                "completion ledger anomaly for source {!r}: {} (task {!r}). Fix: {}. The source is marked for redo "
+                "and will be processed again on the next run.",
+                sid,
+                detail,
+                task_id,
+                _FIXES[kind],
+            )
+            if count == self._max_logged:
+                logger.warning(
+                    "completion ledger: {} anomalies so far; further ones are recorded as failed sources without "
+                    "a log line each (see `nemo-curator checkpoint status`)",
+                    count,
+                )
