@@ -8,14 +8,18 @@ from typing import Any
 
 import click
 
-from nemo_curator.demo import EXECUTORS
+from nemo_curator.demo import DEFAULT_TASK_DELAY_S, EXECUTORS
 
 
 def _configure_logging(verbose: bool) -> None:
+    """One stderr sink: DEBUG when verbose, else warnings (cosmos-xenna's own only from ERROR)."""
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else "WARNING")
+    if verbose:
+        logger.add(sys.stderr, level="DEBUG")
+    else:
+        logger.add(sys.stderr, level="WARNING", filter={"": "WARNING", "cosmos_xenna": "ERROR"})
 
 
 @click.group(name="nemo-curator", context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,23 +39,81 @@ def cli() -> None:
     "--workdir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Directory for the corpus (corpus/) and the output (output/); default: a new temporary directory.",
+    help="Directory for the corpus (corpus/), the output (output/), the uninterrupted run's output (reference/) "
+    "and the checkpoint (checkpoint/); output/, reference/, checkpoint/ and attempts/ are recreated. "
+    "Default: a new temporary directory.",
 )
 @click.option("--files", type=click.IntRange(min=1), default=20, show_default=True, help="Input files to generate.")
 @click.option(
     "--docs-per-file", type=click.IntRange(min=1), default=50, show_default=True, help="Documents per input file."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample corpus.")
+@click.option(
+    "--no-kill",
+    is_flag=True,
+    help="Just curate the corpus once, without a checkpoint (no kill, no resume).",
+)
+@click.option(
+    "--task-delay",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_TASK_DELAY_S,
+    show_default=True,
+    help="Seconds the pipeline waits per source in the killed and resumed runs, so that the kill lands mid-run.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show the framework's log.")
-def demo(executor: str, workdir: str | None, files: int, docs_per_file: int, seed: int, verbose: bool) -> None:
-    """Build a sample JSONL corpus and curate it: read, filter by word count and repeated characters, write."""
-    from nemo_curator.demo import run_demo
+def demo(
+    executor: str,
+    workdir: str | None,
+    files: int,
+    docs_per_file: int,
+    seed: int,
+    no_kill: bool,
+    task_delay: float,
+    verbose: bool,
+) -> None:
+    """Kill a checkpointed curation run mid-way, resume it, and check the output against an uninterrupted run.
 
+    Builds a sample JSONL corpus; runs the curation pipeline (read, filter by word count and
+    repeated characters, write) with a checkpoint in a subprocess and SIGKILLs that subprocess
+    and all its processes (Ray's included) once about half of the sources are complete; resumes
+    with the same checkpoint; runs the pipeline once more without a checkpoint; prints what the
+    resumed run skipped and redid and whether both outputs are identical (exit code 1 if not).
+    """
+    from nemo_curator.demo import quiet_ray_auth_notice, run_demo, run_resume_demo
+
+    if executor == "xenna":
+        # Importing cosmos-xenna replaces every loguru sink with its own: import it first.
+        import cosmos_xenna.pipelines.v1  # noqa: F401
     _configure_logging(verbose)
-    click.echo(f"Curating a sample corpus of {files} files x {docs_per_file} documents on {executor} ...")
-    result = run_demo(executor=executor, workdir=workdir, files=files, docs_per_file=docs_per_file, seed=seed)
-    for line in result.summary_lines():
+    quiet_ray_auth_notice()
+    if no_kill:
+        click.echo(f"Curating a sample corpus of {files} files x {docs_per_file} documents on {executor} ...")
+        result = run_demo(executor=executor, workdir=workdir, files=files, docs_per_file=docs_per_file, seed=seed)
+        for line in result.summary_lines():
+            click.echo(line)
+        return
+    click.echo(f"Kill-and-resume demo on {executor}: a sample corpus of {files} files x {docs_per_file} documents")
+    resumed = run_resume_demo(
+        executor=executor,
+        workdir=workdir,
+        files=files,
+        docs_per_file=docs_per_file,
+        seed=seed,
+        task_delay_s=task_delay,
+        echo=click.echo,
+    )
+    click.echo("")
+    for line in resumed.table_lines():
         click.echo(line)
+    click.echo("")
+    click.echo(f"total time: {resumed.seconds_total:.1f} s")
+    click.echo(f"output:     {resumed.output_dir}")
+    click.echo(f"reference:  {resumed.reference_dir}")
+    click.echo(
+        f"checkpoint: {resumed.checkpoint_dir}  (inspect: nemo-curator checkpoint status {resumed.checkpoint_dir})"
+    )
+    if not resumed.ok:
+        sys.exit(1)
 
 
 @cli.group()

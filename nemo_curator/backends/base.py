@@ -101,8 +101,16 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Config keys every executor accepts (the base class reads them).
+BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change"})
+
+
 class BaseExecutor(ABC):
-    """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc."""
+    """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc.
+
+    Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run) and
+    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning).
+    """
 
     name: str = "base"
 

@@ -24,12 +24,12 @@ from typing import Any
 
 from loguru import logger
 
-from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.base import BASE_CONFIG_KEYS, BaseExecutor, CompletionTracker, ExecutionPlan
 from nemo_curator.backends.stage_adapter import StageError
 from nemo_curator.tasks import Task
 
 #: Keys of ``config`` read by the base class rather than by ``XennaSettings``.
-_BASE_KEYS = frozenset({"num_cpus"})
+_BASE_KEYS = BASE_CONFIG_KEYS
 
 #: Set while cosmos-xenna is first imported (unless the user set ``PYTHON_LOG``): xenna's
 #: loguru sink then shows only its warnings, and everything else at INFO and above.
