@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.base import BASE_CONFIG_KEYS, BaseExecutor, CompletionTracker, ExecutionPlan
 from nemo_curator.backends.ray_data.adapter import (
     encode_tasks,
     exception_chain,
@@ -53,13 +53,7 @@ _QUIET_LOGGERS = (
     ("ray.data.exceptions", logging.CRITICAL),
 )
 
-_CONFIG_KEYS = {
-    "num_cpus",
-    "actor_pool_size",
-    "show_progress",
-    "preserve_order",
-    "actor_exit_timeout_s",
-}
+_CONFIG_KEYS = BASE_CONFIG_KEYS | {"actor_pool_size", "show_progress", "preserve_order", "actor_exit_timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -135,9 +129,7 @@ class RayDataExecutor(BaseExecutor):
 
     ``RayDataExecutor(config=None, checkpoint=None)``. Config keys:
 
-    - ``num_cpus`` (int): logical CPUs of the local Ray started for the run (default: enough
-      for one worker of every stage, at least the machine's cores). Ignored when joining a
-      running Ray.
+    - ``num_cpus`` and ``allow_pipeline_change``: read by the base class (see ``BaseExecutor``).
     - ``actor_pool_size`` (int or ``(min, max)``, default 1): actors per stage with
       ``setup``/``teardown``; a ``(min, max)`` pair lets Ray Data autoscale the pool. A stage
       whose ``num_workers()`` returns a number gets exactly that many.
@@ -305,7 +297,7 @@ class RayDataExecutor(BaseExecutor):
         ctx.enable_auto_log_stats = False
         # Every task in a block of its own: a fan-out's children spread over parallel workers,
         # and each finished task streams on at once (the granularity of the other executors).
-        pass
+        ctx.target_max_block_size = 1
         # The adapter's StageError must reach the driver as such, and an application error
         # must fail the run: no retries, no skipped blocks.
         ctx.raise_original_map_exception = True
