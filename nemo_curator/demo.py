@@ -23,14 +23,12 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +47,7 @@ from nemo_curator.stages.text.filters import RepeatedCharFilter, WordCountFilter
 from nemo_curator.stages.text.io.reader import JsonlReader
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import DocumentBatch
+from nemo_curator.utils.processes import kill_process_tree
 
 #: Executor name -> (module, class), imported only when chosen.
 EXECUTORS: dict[str, tuple[str, str]] = {
@@ -415,40 +414,6 @@ def run_job(cfg: dict[str, Any]) -> int:
     pipeline = build_demo_pipeline(cfg["input_dir"], cfg["output_dir"], task_delay_s=delay, log_dir=cfg.get("log_dir"))
     executor = make_executor(cfg["executor"], config=cfg.get("executor_config"), checkpoint=cfg.get("checkpoint"))
     return len(pipeline.run(executor))
-
-
-def kill_process_tree(pid: int) -> int:
-    """SIGKILL ``pid`` and all its descendants (Ray's processes included); returns how many were killed.
-
-    The tree is frozen first (SIGSTOP, repeated until no new descendant appears), so no process
-    can start another one or react to its parent's death; then every frozen process gets SIGKILL.
-    """
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return 0
-    frozen: dict[int, psutil.Process] = {}
-    for _ in range(50):
-        try:
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        fresh = [p for p in tree if p.pid not in frozen]
-        if not fresh:
-            break
-        for proc in fresh:
-            try:
-                proc.send_signal(signal.SIGSTOP)
-                frozen[proc.pid] = proc
-            except psutil.NoSuchProcess:
-                pass
-    for proc in frozen.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(list(frozen.values()), timeout=30)
-    return len(frozen)
 
 
 def _child_environment() -> dict[str, str]:

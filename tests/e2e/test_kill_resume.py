@@ -5,20 +5,18 @@ Real Ray, real cosmos-xenna, real LMDB, on each of the three executors.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from nemo_curator.resumability.inspect import checkpoint_status
+from nemo_curator.utils.processes import kill_process_tree
 from tests.e2e import job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,27 +50,7 @@ def output_files(cfg: dict[str, Any]) -> list[str]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGSTOP the whole tree until it stops growing, then SIGKILL every process in it."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    frozen: dict[int, psutil.Process] = {}
-    for _ in range(20):
-        procs = [root, *root.children(recursive=True)]
-        fresh = [p for p in procs if p.pid not in frozen]
-        if not fresh:
-            break
-        for p in fresh:
-            try:
-                p.send_signal(signal.SIGSTOP)
-                frozen[p.pid] = p
-            except psutil.NoSuchProcess:
-                pass
-    for p in frozen.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(list(frozen.values()), timeout=20)
+    kill_process_tree(pid)
 
 
 def start_job(cfg: dict[str, Any]) -> subprocess.Popen:

@@ -1,0 +1,1 @@
+"""Small helpers shared by the demo, the benchmarks and the tests."""
