@@ -157,12 +157,9 @@ def completion_record_size(value: bytes) -> int:
 # ledger restarted), the store keeps the task dedup keys of the most recently completed
 # sources in an append-only log. One record per commit:
 #   u32 number of sources, then per source: u8 key length, source key, u8 mode, u32 payload
-#   length, payload. Mode ``P`` (the usual case: every task id starts with the source id, as the
-#   framework's lineage ids do): the task keys without that prefix, joined by NUL; mode ``J``:
-#   the task keys joined by NUL; mode ``L`` (some task key contains NUL): u32 count, u16 length
-#   of each key, the keys. ``P`` and ``J`` are encoded with a few C-level string operations.
+#   length, payload. Mode ``J`` (the usual case, encoded in one go): the task keys joined by
+#   NUL; mode ``L`` (some task key contains NUL): u32 count, u16 length of each key, the keys.
 
-_PREFIXED = ord("P")
 _JOINED = ord("J")
 _LENGTHS = ord("L")
 
@@ -172,19 +169,7 @@ def encode_recent_record(entries: list[tuple[bytes, Collection[str]]]) -> bytes:
     parts = [_U32.pack(len(entries))]
     for key, task_keys in entries:
         joined = "\x00".join(task_keys)
-        n = len(task_keys)
-        prefix = source_id_from_key(key) if n else ""
-        if (
-            prefix
-            and joined.startswith(prefix)
-            and joined.count(prefix) == n
-            and joined.count("\x00" + prefix) == n - 1
-            and joined.count("\x00") == n - 1
-        ):
-            # Every key starts with the prefix, which occurs nowhere else: strip it.
-            payload = joined.replace("\x00" + prefix, "\x00")[len(prefix) :].encode()
-            mode = _PREFIXED
-        elif joined.count("\x00") == n - 1:
+        if joined.count("\x00") == len(task_keys) - 1:
             payload = joined.encode()
             mode = _JOINED
         else:
@@ -209,10 +194,6 @@ def decode_recent_record(value: bytes) -> list[tuple[bytes, list[str]]]:
         i += 6 + klen
         payload = value[i : i + size]
         i += size
-        if mode == _PREFIXED:
-            prefix = source_id_from_key(key)
-            entries.append((key, [prefix + t for t in payload.decode().split("\x00")]))
-            continue
         if mode == _JOINED:
             entries.append((key, payload.decode().split("\x00")))
             continue

@@ -98,16 +98,18 @@ def check_fingerprint(
         lines.extend(f"    - {d}" for d in diffs)
     if allow_fingerprint_change:
         lines.append(
-            "  allow_fingerprint_change=True: reusing it anyway. Sources it records as complete are SKIPPED even "
-            "though the pipeline changed; their outputs are those of the old pipeline."
+            "  the pipeline change is allowed (executor config allow_pipeline_change=True): reusing it anyway. "
+            "Sources it records as complete are SKIPPED even though the pipeline changed; their outputs are those "
+            "of the old pipeline."
         )
         logger.warning("\n".join(lines))
         return stored
     lines.append(
         "Resuming would skip sources as complete that the changed pipeline never processed. Ways out:\n"
         "  - use a new (empty) checkpoint directory for the changed pipeline, or\n"
-        "  - pass allow_fingerprint_change=True to reuse this checkpoint anyway (a warning is logged; "
-        "sources it records as complete are skipped)."
+        '  - or reuse this checkpoint anyway: pass config={"allow_pipeline_change": True} to the executor '
+        "(LedgerHandle.open(..., allow_fingerprint_change=True) directly); a warning is logged and the sources it "
+        "records as complete are skipped."
     )
     raise FingerprintMismatchError("\n".join(lines), directory=str(checkpoint), stored=stored, current=fingerprint)
 
