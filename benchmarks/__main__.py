@@ -1,0 +1,277 @@
+"""``python -m benchmarks [--quick] [--executors ...] --out DIR``: the benchmark suite.
+
+Sections (see each module): ``overhead`` (checkpoint overhead on workload B1, with its growth
+curve), ``resume`` (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput,
+start-up load, memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per
+run, from the overhead section's checkpointed runs).
+
+Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
+measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
+and only ``pipeline.run`` is timed; the resume section's killed runs start their own Ray in a
+subprocess (resumes run here). Exits with status 1 if any section failed (its entry in the summary holds the error).
+
+The full suite uses the issue's sizes (2,000 sources, 5 pairs, growth at 500 / 2,000 / 8,000,
+kills at 25 / 50 / 75 % of T, and also at 25 / 50 / 75 % of the outputs written, since a short
+run spends its first quarter starting up). ``--quick`` is a smoke run of every section (200
+sources, 2 pairs, one kill once half of the outputs exist, the ledger's quick mode); its numbers
+mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from benchmarks.overhead import B1Settings, OverheadResult, measure_overhead
+from benchmarks.report import markdown, write_json, write_markdown, write_plots
+
+EXECUTORS = ("xenna", "ray_data", "ray_actor_pool")
+SECTIONS = ("overhead", "resume", "ledger", "messages")
+
+#: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
+FULL = {
+    "sources": 2000,
+    "reps": 5,
+    "growth_sizes": [500, 2000, 8000],
+    "growth_reps": 1,
+    "kill_points": [0.25, 0.5, 0.75],
+    "kill_by": ["time", "outputs"],
+    "warmup_sources": 200,
+    "child_warmup_sources": 100,
+}
+QUICK = {
+    "sources": 200,
+    "reps": 2,
+    "growth_sizes": [100, 200],
+    "growth_reps": 1,
+    "kill_points": [0.5],
+    "kill_by": ["outputs"],
+    "warmup_sources": 0,
+    "child_warmup_sources": 0,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="results directory (created)")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
+    p.add_argument("--executors", nargs="+", choices=EXECUTORS, default=list(EXECUTORS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sources", type=int, help="sources of the overhead pairs and the resume runs")
+    p.add_argument("--reps", type=int, help="pairs (with/without checkpoint) per executor, >= 1")
+    p.add_argument("--growth-sizes", type=int, nargs="+", help="sizes of the growth curve")
+    p.add_argument("--growth-reps", type=int, help="pairs per extra growth size")
+    p.add_argument("--kill-points", type=float, nargs="+", help="kill points as fractions of T, e.g. 0.25 0.5")
+    p.add_argument(
+        "--kill-by",
+        nargs="+",
+        choices=("time", "outputs"),
+        help="kill points as fractions of T and/or of the run's output files (full suite: both; --quick: outputs)",
+    )
+    p.add_argument(
+        "--child-warmup-sources",
+        type=int,
+        help="sources of an untimed warm-up run in each killed subprocess before its timed run (0: none)",
+    )
+    p.add_argument("--warmup-sources", type=int, help="size of an untimed warm-up pair per executor (0: none)")
+    p.add_argument("--batch-size", type=int, default=50, help="batch size of the stages after the source")
+    p.add_argument("--work-ms", type=float, default=1.0, help="CPU milliseconds per task of the map stage")
+    p.add_argument("--sink-fsync", action="store_true", help="fsync every sink file before the rename")
+    p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the benchmark's local Ray")
+    p.add_argument("--results-md", type=Path, help="also write the markdown tables to this file")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.reps < 1 or args.sources < 1 or args.batch_size < 1:
+        p.error("--reps, --sources and --batch-size must be >= 1")
+    if any(not 0.0 < f < 1.0 for f in args.kill_points):
+        p.error("--kill-points must be fractions strictly between 0 and 1")
+    return args
+
+
+def _log_filter(record: dict[str, Any]) -> bool:
+    name = record["name"] or ""
+    if name.startswith("benchmarks"):
+        return True
+    # cosmos-xenna warns about slow autoscaler rounds on a busy machine: not worth a line here.
+    return record["level"].no >= (40 if name.startswith("cosmos_xenna") else 30)
+
+
+def configure_logging() -> None:
+    """Our progress lines at INFO; everything else (executors, Ray) at WARNING and above."""
+    logger.remove()
+    logger.add(
+        sys.stderr,
+        level="INFO",
+        format="{time:HH:mm:ss} | {level: <7} | {message}",
+        filter=_log_filter,
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for dist in ("ray", "cosmos-xenna", "lmdb", "matplotlib"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    logger.error("{}: {}\n{}", type(exc).__name__, exc, "".join(traceback.format_exception(exc)))
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def finish(summary: dict[str, Any], out: Path, results_md: Path | None) -> None:
+    summary["meta"]["duration_s"] = time.time() - summary["meta"]["started_ts"]
+    summary["meta"]["load_average_end"] = round(os.getloadavg()[0], 2)
+    plots, note = write_plots(summary, out)
+    summary["plots"] = plots
+    write_json(summary, out)
+    write_markdown(summary, out, note)
+    if results_md is not None:
+        results_md.write_text(markdown(summary, note))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work_root = out / "work"
+    if "xenna" in args.executors and {"overhead", "resume"} & set(args.sections):
+        import cosmos_xenna.pipelines.v1  # noqa: F401 - its import replaces loguru's sinks; do it before ours
+    configure_logging()
+    settings = B1Settings(batch_size=args.batch_size, fsync=args.sink_fsync, work_ms=args.work_ms)
+    summary: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started_ts": time.time(),
+            "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "quick": args.quick,
+            "executors": args.executors,
+            "cpus": os.cpu_count(),
+            "ray_logical_cpus": args.num_cpus,
+            "load_average_start": round(os.getloadavg()[0], 2),
+            "versions": _versions(),
+            "sources": args.sources,
+            "reps": args.reps,
+            "growth_sizes": sorted(set(args.growth_sizes) | {args.sources}),
+            "kill_points": args.kill_points,
+            "kill_by": args.kill_by,
+            "child_warmup_sources": args.child_warmup_sources,
+            "batch_size": settings.batch_size,
+            "sink_fsync": settings.fsync,
+            "work_ms": settings.work_ms,
+        },
+        "overhead": {},
+        "resume": {},
+        "ledger": {},
+        "messages": {},
+    }
+    failed = False
+    needs_ray = {"overhead", "resume"} & set(args.sections)
+    if needs_ray:
+        from nemo_curator.backends.ray_runtime import start_local_ray
+
+        began = time.perf_counter()
+        start_local_ray(num_cpus=args.num_cpus, dashboard=True)
+        logger.info("benchmark Ray started in {:.1f}s ({} logical CPUs)", time.perf_counter() - began, args.num_cpus)
+    try:
+        overhead: dict[str, OverheadResult] = {}
+        for name in args.executors:
+            if "overhead" in args.sections:
+                logger.info("overhead: {} ({} pairs at {} sources)", name, args.reps, args.sources)
+                try:
+                    result = measure_overhead(
+                        name,
+                        args.sources,
+                        args.reps,
+                        args.growth_sizes,
+                        args.growth_reps,
+                        work_root,
+                        settings,
+                        warmup_sources=args.warmup_sources,
+                    )
+                    overhead[name] = result
+                    summary["overhead"][name] = result.to_json()
+                    logger.info(
+                        "overhead: {} median ratio {:.3f} (min {:.3f}, max {:.3f})",
+                        name,
+                        result.summary["median_ratio"],
+                        result.summary["min_ratio"],
+                        result.summary["max_ratio"],
+                    )
+                except Exception as exc:
+                    failed = True
+                    summary["overhead"][name] = _error(exc)
+                write_json(summary, out)
+            if "resume" in args.sections:
+                from benchmarks.resume import ResumeSettings, measure_resume
+
+                logger.info("resume: {} (kill points {})", name, args.kill_points)
+                try:
+                    resume = ResumeSettings(
+                        fractions=args.kill_points,
+                        kill_by=args.kill_by,
+                        num_cpus=args.num_cpus,
+                        warmup_sources=args.child_warmup_sources,
+                        full_run_s=overhead[name].summary["median_with_s"] if name in overhead else None,
+                    )
+                    summary["resume"][name] = measure_resume(name, args.sources, work_root, settings, resume)
+                    logger.info("resume: {} redo fraction {:.2%}", name, summary["resume"][name]["redo_fraction"])
+                except Exception as exc:
+                    failed = True
+                    summary["resume"][name] = _error(exc)
+                write_json(summary, out)
+            if "messages" in args.sections:
+                from benchmarks.messages import summarize_messages
+
+                if name in overhead:
+                    summary["messages"][name] = summarize_messages(overhead[name].records)
+                else:
+                    summary["messages"][name] = {"error": "needs the overhead section's checkpointed runs"}
+                    failed = failed or "overhead" in args.sections
+    finally:
+        if needs_ray:
+            import ray
+
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
+    if "ledger" in args.sections:
+        from benchmarks.ledger import run_ledger_benchmark
+
+        logger.info("ledger: {} mode", "quick" if args.quick else "full")
+        try:
+            summary["ledger"] = run_ledger_benchmark(quick=args.quick)
+            logger.info(
+                "ledger: {:,.0f} reports/s, load of {:,} completed sources {:.2f}s",
+                summary["ledger"]["reports_per_s"],
+                summary["ledger"]["load_completed_sources"],
+                summary["ledger"]["load_1m_completed_s"],
+            )
+        except Exception as exc:
+            failed = True
+            summary["ledger"] = _error(exc)
+    shutil.rmtree(work_root, ignore_errors=True)
+    finish(summary, out, args.results_md)
+    logger.info("results in {}", out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

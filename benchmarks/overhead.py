@@ -1,0 +1,267 @@
+"""Checkpoint overhead on workload B1: wall time of ``pipeline.run`` with and without a checkpoint.
+
+Per executor, runs alternate in one session (ABBA order: without/with, then with/without, ...)
+so that slow drift of the machine's load hits both sides alike; every run gets a fresh output
+directory and, with a checkpoint, a fresh checkpoint directory. Run ``i`` with a checkpoint is
+paired with run ``i`` without one (its neighbour), and the ratios with/without of the pairs give
+the median and the spread. Only ``pipeline.run`` is timed: Ray is started once by the caller.
+
+Runs with a checkpoint use ``counting_executor``: the executor with its ``_open_tracker``
+wrapped to keep the run's ``LedgerTracker`` (its ``counts`` feed the message benchmark) and to
+time opening and closing the ledger, the fixed part of the overhead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from benchmarks.workloads import (
+    OUTPUTS_PER_SOURCE,
+    B1Config,
+    b1_pipeline,
+    b1_task_stage_visits,
+    executor_class,
+    make_executor,
+)
+
+
+@dataclass
+class TrackerStats:
+    """What one checkpointed run's tracker counted, plus the time spent opening / closing the ledger."""
+
+    ledger_calls: int = 0
+    reports_sent: int = 0
+    terminal_tasks: int = 0
+    on_terminal_calls: int = 0
+    completed_this_run: int = 0
+    open_s: float = 0.0
+    close_s: float = 0.0
+
+
+@dataclass
+class RunRecord:
+    """One timed ``pipeline.run``."""
+
+    executor: str
+    sources: int
+    checkpoint: bool
+    seconds: float
+    outputs: int
+    rep: int
+    tracker: TrackerStats | None = None
+
+
+@dataclass
+class B1Settings:
+    """How B1 runs are made: stage batch size (all stages after the source), sink fsync, CPU work per task."""
+
+    batch_size: int = 20
+    fsync: bool = False
+    work_ms: float = 1.0
+    executor_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def counting_executor(name: str, checkpoint: str, config: dict[str, Any] | None = None) -> tuple[Any, TrackerStats]:
+    """An executor whose run keeps tracker statistics in the returned ``TrackerStats``.
+
+    A subclass of the executor overrides ``_open_tracker`` (the base class's seam for the
+    ledger) to time it and to wrap the tracker's ``on_terminal`` / ``close``; nothing else of
+    the executor changes, and the pipeline fingerprint does not involve the executor.
+    """
+    stats = TrackerStats()
+    base = executor_class(name)
+
+    def _open_tracker(self: Any, plan: Any) -> Any:
+        start = time.perf_counter()
+        tracker = base._open_tracker(self, plan)
+        stats.open_s = time.perf_counter() - start
+        on_terminal = tracker.on_terminal
+        close = tracker.close
+
+        def counted_on_terminal(tasks: list[Any]) -> None:
+            stats.on_terminal_calls += 1
+            on_terminal(tasks)
+
+        def timed_close(success: bool) -> None:
+            began = time.perf_counter()
+            try:
+                close(success)
+            finally:
+                stats.close_s = time.perf_counter() - began
+                counts = tracker.counts
+                stats.ledger_calls = counts.ledger_calls
+                stats.reports_sent = counts.reports_sent
+                stats.terminal_tasks = counts.terminal_tasks
+                stats.completed_this_run = counts.completed_this_run
+
+        tracker.on_terminal = counted_on_terminal
+        tracker.close = timed_close
+        return tracker
+
+    cls = type(f"Counting{base.__name__}", (base,), {"_open_tracker": _open_tracker})
+    return cls(config=dict(config or {}), checkpoint=checkpoint), stats
+
+
+def timed_run(
+    executor_name: str, sources: int, checkpoint: bool, work_dir: Path, settings: B1Settings, rep: int
+) -> RunRecord:
+    """One B1 run in a fresh directory (removed afterwards); checks the output count."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    cfg = B1Config(
+        sources=sources,
+        out_dir=str(work_dir / "out"),
+        work_ms=settings.work_ms,
+        fsync=settings.fsync,
+        batch_size=settings.batch_size,
+    )
+    pipeline = b1_pipeline(cfg)
+    config = settings.executor_config.get(executor_name)
+    stats: TrackerStats | None = None
+    if checkpoint:
+        executor, stats = counting_executor(executor_name, str(work_dir / "ckpt"), config)
+    else:
+        executor = make_executor(executor_name, checkpoint=None, config=config)
+    try:
+        start = time.perf_counter()
+        outputs = pipeline.run(executor)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if len(outputs) != OUTPUTS_PER_SOURCE * sources:
+        raise RuntimeError(
+            f"{executor_name}: B1 with {sources} sources returned {len(outputs)} outputs, "
+            f"expected {OUTPUTS_PER_SOURCE * sources}"
+        )
+    logger.info(
+        "overhead {} n={} {} rep {}: {:.2f}s",
+        executor_name,
+        sources,
+        "with checkpoint" if checkpoint else "without",
+        rep,
+        seconds,
+    )
+    return RunRecord(executor_name, sources, checkpoint, seconds, len(outputs), rep, stats)
+
+
+def alternating_runs(
+    executor_name: str, sources: int, reps: int, work_root: Path, settings: B1Settings
+) -> list[RunRecord]:
+    """``reps`` pairs of runs, in ABBA order (rep 0 without first, rep 1 with first, ...)."""
+    records: list[RunRecord] = []
+    for rep in range(reps):
+        order = (False, True) if rep % 2 == 0 else (True, False)
+        for checkpoint in order:
+            tag = "ckpt" if checkpoint else "plain"
+            records.append(
+                timed_run(
+                    executor_name,
+                    sources,
+                    checkpoint,
+                    work_root / f"{executor_name}-{sources}-{rep}-{tag}",
+                    settings,
+                    rep,
+                )
+            )
+    return records
+
+
+def pair_ratios(records: list[RunRecord]) -> list[float]:
+    """with/without of each rep's pair."""
+    by_rep: dict[int, dict[bool, float]] = {}
+    for r in records:
+        by_rep.setdefault(r.rep, {})[r.checkpoint] = r.seconds
+    return [pair[True] / pair[False] for _, pair in sorted(by_rep.items()) if True in pair and False in pair]
+
+
+def summarize_size(records: list[RunRecord]) -> dict[str, Any]:
+    """Ratios and times of the runs of one executor at one size."""
+    ratios = pair_ratios(records)
+    with_s = [r.seconds for r in records if r.checkpoint]
+    without_s = [r.seconds for r in records if not r.checkpoint]
+    opens = [r.tracker.open_s for r in records if r.tracker is not None]
+    closes = [r.tracker.close_s for r in records if r.tracker is not None]
+    return {
+        "sources": records[0].sources,
+        "reps": len(ratios),
+        "median_ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "ratios": ratios,
+        "median_with_s": statistics.median(with_s),
+        "median_without_s": statistics.median(without_s),
+        "with_s": with_s,
+        "without_s": without_s,
+        "median_extra_s": statistics.median(w - wo for w, wo in zip(with_s, without_s, strict=False)),
+        "median_ledger_open_s": statistics.median(opens) if opens else None,
+        "median_ledger_close_s": statistics.median(closes) if closes else None,
+    }
+
+
+@dataclass
+class OverheadResult:
+    """Everything the overhead section measured for one executor."""
+
+    summary: dict[str, Any]
+    growth: list[dict[str, Any]]
+    records: list[RunRecord]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary, "growth": self.growth, "runs": [asdict(r) for r in self.records]}
+
+
+def measure_overhead(
+    executor_name: str,
+    sources: int,
+    reps: int,
+    growth_sizes: list[int],
+    growth_reps: int,
+    work_root: Path,
+    settings: B1Settings,
+    warmup_sources: int | None = None,
+) -> OverheadResult:
+    """The alternating pairs at ``sources``, then the growth curve (other sizes, ``growth_reps`` pairs each).
+
+    ``warmup_sources`` runs one untimed pair first (first runs pay for imports and worker start-up).
+    """
+    if warmup_sources:
+        for checkpoint in (False, True):
+            timed_run(executor_name, warmup_sources, checkpoint, work_root / f"{executor_name}-warmup", settings, -1)
+    main = alternating_runs(executor_name, sources, reps, work_root, settings)
+    summary = summarize_size(main)
+    summary["batch_size"] = settings.batch_size
+    summary["sink_fsync"] = settings.fsync
+    summary["work_ms"] = settings.work_ms
+    summary["task_stage_visits"] = b1_task_stage_visits(sources)
+    records = list(main)
+    growth: list[dict[str, Any]] = []
+    for size in sorted(set(growth_sizes) | {sources}):
+        if size == sources:
+            point = summarize_size(main)
+        else:
+            runs = alternating_runs(executor_name, size, growth_reps, work_root, settings)
+            records.extend(runs)
+            point = summarize_size(runs)
+        growth.append(
+            {
+                k: point[k]
+                for k in (
+                    "sources",
+                    "reps",
+                    "median_with_s",
+                    "median_without_s",
+                    "median_ratio",
+                    "min_ratio",
+                    "max_ratio",
+                )
+            }
+        )
+    return OverheadResult(summary=summary, growth=growth, records=records)

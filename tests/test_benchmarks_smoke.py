@@ -1,0 +1,87 @@
+"""Smoke test of the benchmark suite: ``python -m benchmarks --quick`` runs every section end to end.
+
+It asserts what the suite writes (files, keys, types, the consistency of the counts), never how
+fast anything was: performance targets live in ``benchmarks/``, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXECUTORS = ["xenna", "ray_data", "ray_actor_pool"]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["LEDGER_BENCH_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+
+    summary = json.loads((out / "summary.json").read_text())
+    for executor in EXECUTORS:
+        overhead = summary["overhead"][executor]
+        for key in ("median_ratio", "min_ratio", "max_ratio"):
+            assert _is_number(overhead[key]) and overhead[key] > 0, (executor, key, overhead)
+        assert overhead["min_ratio"] <= overhead["median_ratio"] <= overhead["max_ratio"]
+        assert overhead["sources"] == summary["meta"]["sources"]
+        assert len(overhead["ratios"]) == summary["meta"]["reps"]
+        assert [g["sources"] for g in overhead["growth"]] == summary["meta"]["growth_sizes"]
+
+        resume = summary["resume"][executor]
+        assert _is_number(resume["redo_fraction"]) and 0.0 <= resume["redo_fraction"] <= 1.0
+        assert resume["redone_of_completed_sources"] == 0, resume
+        assert len(resume["points"]) == len(summary["meta"]["kill_points"]) * len(summary["meta"]["kill_by"])
+        for point in resume["points"]:
+            assert 0 <= point["redone"] <= point["outputs_before"] <= 2 * resume["sources"]
+            assert _is_number(point["resume_s"]) and point["resume_s"] > 0
+            if point["kill_by"] == "outputs":  # --quick kills once half of the outputs exist
+                assert point["outputs_before"] >= point["kill_fraction"] * 2 * resume["sources"]
+
+        messages = summary["messages"][executor]
+        assert len(messages["sizes"]) == 2
+        for size in messages["sizes"]:
+            # Every terminal task reaches the ledger, in fewer calls than tasks x stages.
+            assert size["terminal_tasks"] == 2 * size["sources"]
+            assert size["reports_sent"] == size["terminal_tasks"]
+            assert 1 <= size["ledger_calls"] < size["task_stage_visits"]
+
+    ledger = summary["ledger"]
+    for key in ("reports_per_s", "load_1m_completed_s", "bytes_per_inflight_source"):
+        assert _is_number(ledger[key]) and ledger[key] > 0, (key, ledger)
+
+    table = (out / "summary.md").read_text()
+    for heading in ("Checkpoint overhead", "Resume efficiency", "Ledger", "Messages to the ledger"):
+        assert heading in table
+    for executor in EXECUTORS:
+        assert f"| {executor} |" in table
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in table
+    else:
+        for name in ("overhead_ratio.png", "growth.png", "resume.png", "messages.png"):
+            data = (out / name).read_bytes()
+            assert data.startswith(b"\x89PNG"), name
+        assert set(summary["plots"].values()) == {"overhead_ratio.png", "growth.png", "resume.png", "messages.png"}
