@@ -6,7 +6,7 @@ class attributes, and need not be dataclasses.
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
 from nemo_curator.stages.resources import Resources
@@ -34,7 +34,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
     fingerprint_ignore: tuple[str, ...] = ()
 
     def process(self, task: X) -> Y | list[Y] | None:
-        raise NotImplementedError(f"stage {type(self).__name__} must implement process() or process_batch()")
+        raise TypeError(f"stage {type(self).__name__} implements neither process() nor process_batch()")
 
     def process_batch(self, tasks: list[X]) -> list[Y | list[Y] | None]:
         """Default: ``process`` each task; result ``i`` belongs to input ``i``."""
@@ -81,8 +81,9 @@ class CompositeStage(ABC, Generic[X, Y]):
 
     name: str = "composite_stage"
 
+    @abstractmethod
     def decompose(self) -> list[ProcessingStage]:
-        raise NotImplementedError(f"composite stage {type(self).__name__} must implement decompose()")
+        """The processing stages this composite stands for, in order."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

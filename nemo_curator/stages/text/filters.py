@@ -10,6 +10,7 @@ and tests can compute the same decision outside a pipeline.
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -44,8 +45,9 @@ class DocumentFilter(ProcessingStage[DocumentBatch, DocumentBatch]):
 
     text_field: str = "text"
 
+    @abstractmethod
     def keep(self, text: str) -> bool:
-        raise NotImplementedError
+        """Whether a document with this text stays."""
 
     def process(self, task: DocumentBatch) -> DocumentBatch | None:
         frame = task.to_pandas()
