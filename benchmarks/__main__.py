@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _log_filter(record: dict[str, Any]) -> bool:
     name = record["name"] or ""
-    if name.startswith("benchmarks"):
+    if name.startswith("benchmarks") or name == "__main__":  # ``python -m benchmarks`` runs as __main__
         return True
     # cosmos-xenna warns about slow autoscaler rounds on a busy machine: not worth a line here.
     return record["level"].no >= (40 if name.startswith("cosmos_xenna") else 30)

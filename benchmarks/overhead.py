@@ -62,7 +62,7 @@ class RunRecord:
 class B1Settings:
     """How B1 runs are made: stage batch size (all stages after the source), sink fsync, CPU work per task."""
 
-    batch_size: int = 20
+    batch_size: int = 50
     fsync: bool = False
     work_ms: float = 1.0
     executor_config: dict[str, dict[str, Any]] = field(default_factory=dict)
