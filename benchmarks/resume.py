@@ -21,11 +21,9 @@ After every resume the output must be complete: ``2 * sources`` files and every 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,6 +43,7 @@ from benchmarks.workloads import (
     read_attempts,
     written_outputs,
 )
+from nemo_curator.utils.processes import kill_process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 #: How long a child may take to start its Ray (and make its warm-up run) before it reaches the pipeline.
@@ -71,40 +70,6 @@ class KillPoint:
     resume_relative: float
     total_relative: float
     resume_ledger_open_s: float
-
-
-def kill_process_tree(pid: int, rounds: int = 50) -> int:
-    """SIGSTOP ``pid`` and all its descendants until the tree stops growing, then SIGKILL them all.
-
-    Freezing first means no process can start a replacement (Ray restarts dead workers) while
-    the tree is being killed. Returns the number of processes killed.
-    """
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return 0
-    frozen: dict[int, psutil.Process] = {}
-    for _ in range(rounds):
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        fresh = [p for p in procs if p.pid not in frozen]
-        if not fresh:
-            break
-        for p in fresh:
-            try:
-                p.send_signal(signal.SIGSTOP)
-                frozen[p.pid] = p
-            except psutil.NoSuchProcess:
-                pass
-    for p in frozen.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(list(frozen.values()), timeout=30)
-    return len(frozen)
 
 
 def _child_env() -> dict[str, str]:
