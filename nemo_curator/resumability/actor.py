@@ -414,6 +414,10 @@ class LedgerHandle:
                 logger.warning("ledger actor for {} was not closed cleanly: {}", self.checkpoint, exc)
             with suppress(RayActorError, ValueError):
                 ray.kill(self._actor, no_restart=True)
+            # ray.kill is asynchronous; wait for the name to be released so that a run opened
+            # right after this one finds no actor under it (and does not take it for a leftover).
+            if not _wait_until_released(self.name, timeout_s=10.0):
+                logger.warning("ledger actor {!r} is still registered 10 s after it was closed", self.name)
             return status
 
     def _forget(self) -> None:
@@ -477,10 +481,18 @@ def _replace_stale_actor(name: str, checkpoint: Path) -> None:
     )
     with suppress(RayActorError, ValueError):
         ray.kill(existing, no_restart=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    _wait_until_released(name, timeout_s=30.0)
+
+
+def _wait_until_released(name: str, *, timeout_s: float) -> bool:
+    """Poll until no actor is registered under ``name``; whether that happened in time."""
+    deadline = time.monotonic() + timeout_s
+    while ray.is_initialized():
         try:
             ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            return
-        time.sleep(0.1)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -96,9 +96,8 @@ def checkpoint_status(path: str | os.PathLike, *, include_ids: bool = True) -> d
         "failed_sources": len(scan.failed),
         "in_flight_sources": len(scan.in_flight),
         "revoked_sources": len(scan.revoked),
-        "writers": sorted(
-            (_writer_summary(w) for w in scan.writers), key=lambda w: (w["created"] or "", w["writer_id"])
-        ),
+        # Sorted on the exact float start time: ISO strings have one-second resolution.
+        "writers": [_writer_summary(w) for w in sorted(scan.writers, key=lambda w: (w.info.created, w.info.writer_id))],
     }
     if include_ids:
         status["completed"] = sorted(source_id_from_key(k) for k in scan.completed)
