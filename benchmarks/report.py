@@ -2,10 +2,14 @@
 
 Plots need matplotlib (the optional ``bench`` extra: ``pip install -e .[bench]``). It is imported
 only here, lazily; without it the plots are skipped and ``summary.md`` says so.
+
+``python -m benchmarks.report DIR [--results-md PATH]`` renders the tables and plots again from
+``DIR/summary.json`` (e.g. after a change of this module), without measuring anything.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -185,6 +189,8 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
     lines += ["## Plots", ""]
     if plots_note:
         lines.append(plots_note)
+    if plots:
+        lines.append(f"PNG files in `{meta.get('out', 'the results directory')}`:")
     for title, name in plots.items():
         lines.append(f"- {title}: `{name}`")
     lines.append("")
@@ -316,3 +322,27 @@ def write_plots(summary: dict[str, Any], out: Path) -> tuple[dict[str, str], str
         plt.close(fig)
         written["ledger calls vs tasks x stages"] = PLOTS["messages"]
     return written, None
+
+
+def render(out: Path, results_md: Path | None = None) -> dict[str, Any]:
+    """Write plots, ``summary.json`` (with the plot names) and ``summary.md`` for ``out/summary.json``."""
+    summary = json.loads((out / "summary.json").read_text())
+    plots, note = write_plots(summary, out)
+    summary["plots"] = plots
+    write_json(summary, out)
+    write_markdown(summary, out, note)
+    if results_md is not None:
+        results_md.write_text(markdown(summary, note))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="a results directory holding summary.json")
+    parser.add_argument("--results-md", type=Path, help="also write the markdown tables to this file")
+    args = parser.parse_args(argv)
+    render(args.out, args.results_md)
+
+
+if __name__ == "__main__":
+    main()

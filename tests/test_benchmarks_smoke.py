@@ -60,7 +60,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
                 assert point["outputs_before"] >= point["kill_fraction"] * 2 * resume["sources"]
 
         messages = summary["messages"][executor]
-        assert len(messages["sizes"]) == 2
+        assert [m["sources"] for m in messages["sizes"]] == summary["meta"]["growth_sizes"]
         for size in messages["sizes"]:
             # Every terminal task reaches the ledger, in fewer calls than tasks x stages.
             assert size["terminal_tasks"] == 2 * size["sources"]
