@@ -273,6 +273,8 @@ class LedgerHandle:
         self._seq = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._startup: Any = None
+        self._ready: dict[str, Any] | None = None
 
     @classmethod
     def open(
@@ -284,6 +286,7 @@ class LedgerHandle:
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         recent_limit: int = DEFAULT_RECENT_LIMIT,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
+        wait: bool = True,
     ) -> LedgerHandle:
         """Validate ``checkpoint_dir`` and the pipeline, then start the ledger actor.
 
@@ -291,6 +294,10 @@ class LedgerHandle:
         ``pipeline_fingerprint``). Raises ``CheckpointError`` (bad directory, a run already using
         it) or ``FingerprintMismatchError`` in the driver, before any work starts. Ray must be
         initialized.
+
+        With ``wait=False`` this returns as soon as the actor is submitted (its process starts
+        in the background, while the executor starts its workers); ``wait_ready`` then blocks
+        until it has loaded the checkpoint. Calls made before that simply queue at the actor.
         """
         if isinstance(stages_or_fingerprint, str):
             fingerprint, description = stages_or_fingerprint, None
@@ -319,27 +326,45 @@ class LedgerHandle:
             node_id=ctx.get_node_id(),
         )
         handle = cls(actor, name, checkpoint, writer_id, fingerprint, timeout_s)
+        handle._startup = actor.status.remote()
         with _open_handles_lock:
             _open_handles[name] = writer_id
-        try:
-            status = ray.get(actor.status.remote(), timeout=timeout_s)
-        except (RayActorError, GetTimeoutError) as exc:
-            handle._forget()
-            with suppress(RayActorError, ValueError):
-                ray.kill(actor, no_restart=True)
-            raise CheckpointError(
-                f"the ledger for checkpoint {checkpoint} could not be started: {exc}. Nothing was recorded by this run"
-            ) from exc
+        if wait:
+            handle.wait_ready()
+        return handle
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Block until the actor has loaded the checkpoint; its status then. Idempotent.
+
+        Raises ``CheckpointError`` (and stops the actor) when it could not start.
+        """
+        with self._lock:
+            if self._ready is not None:
+                return self._ready
+            actor = self._require_open()
+            try:
+                status = ray.get(self._startup, timeout=self.timeout_s)
+            except (RayActorError, GetTimeoutError) as exc:
+                self._closed = True
+                self._forget()
+                with suppress(RayActorError, ValueError):
+                    ray.kill(actor, no_restart=True)
+                raise CheckpointError(
+                    f"the ledger for checkpoint {self.checkpoint} could not be started: {exc}. "
+                    "Nothing was recorded by this run"
+                ) from exc
+            self._ready = status
+            self._startup = None
         logger.info(
             "ledger for checkpoint {}: {} source(s) complete, {} failed; run {} (actor {}, loaded in {:.2f} s)",
-            checkpoint,
+            self.checkpoint,
             status["completed_sources"],
             status["failed_sources"],
-            writer_id,
-            name,
+            self.writer_id,
+            self.name,
             status["load_seconds"],
         )
-        return handle
+        return status
 
     # -- calls --------------------------------------------------------------------------
 

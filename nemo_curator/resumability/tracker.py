@@ -1,8 +1,9 @@
 """Driver-side completion tracking for one run: terminal tasks in, acknowledged reports out.
 
 The executors hand every batch of last-stage outputs to ``on_terminal`` as it reaches the
-driver on their own result channel. The tracker turns them into ``Report``s, buffers them
-briefly and sends them to the ledger actor in acknowledged batches. A report leaves the
+driver on their own result channel. The tracker turns them into ``Report``s and a sender
+thread commits them to the ledger actor in acknowledged batches, as fast as the ledger
+commits (the executor's loop does not wait for it). A report leaves the
 buffer only after the ledger has committed it to LMDB, so a crash at any point can only make
 work be redone, never lost.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,9 +55,17 @@ def reports_for(tasks: list[Task]) -> list[Report]:
 class LedgerTracker:
     """Implements ``nemo_curator.backends.base.CompletionTracker`` over a ``LedgerHandle``.
 
-    Invariant: every report handed to ``on_terminal`` is either acknowledged by the ledger or
-    still in ``_buffer``; ``close`` flushes the buffer (also after a failed run: the outputs
-    it describes were written).
+    ``on_terminal`` never waits for the ledger: it appends reports to a buffer that a sender
+    thread commits in acknowledged batches. The sender takes the whole buffer whenever it is
+    free, so a batch is whatever arrived during the previous commit (at most one call per
+    ``min_interval_s``): reports reach LMDB within about one commit of their outputs, which is
+    what bounds the work a kill makes us redo, and the executor's result loop never stalls.
+
+    Invariant: every report handed to ``on_terminal`` is acknowledged by the ledger, or is in
+    the buffer, or is in the one batch being sent. ``close`` commits everything (also after a
+    failed run: the outputs the reports describe were written). A failed send is kept and
+    raised by the next ``on_terminal``, ``flush`` or ``close``: unacknowledged reports only
+    mean redone work, never a wrong skip.
     """
 
     def __init__(
@@ -63,35 +73,32 @@ class LedgerTracker:
         handle: LedgerHandle,
         checkpoint: str,
         *,
-        flush_reports: int = 4096,
-        flush_interval_s: float = 0.5,
+        min_interval_s: float = 0.05,
+        max_buffered_reports: int = 200_000,
         progress_interval_s: float = 15.0,
         show_progress_bar: bool | None = None,
     ) -> None:
         self.handle = handle
         self.checkpoint = checkpoint
         self.source_filter = handle.source_filter()
-        self.flush_reports = flush_reports
-        self.flush_interval_s = flush_interval_s
+        self.min_interval_s = min_interval_s
+        self.max_buffered_reports = max_buffered_reports
         self.progress_interval_s = progress_interval_s
         self.counts = TrackerCounts()
+        self._cond = threading.Condition()
         self._buffer: list[Report] = []
-        self._last_flush = time.monotonic()
+        self._sending = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._completed_at_start: int | None = None
         self._last_progress = time.monotonic()
         self._announced = False
         self._bar: Any = None
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty() and not os.environ.get("CI")
         self._show_bar = show_progress_bar
-        status = handle.status()
-        self.counts.status = status
-        self._completed_at_start = int(status.get("completed_sources", 0))
-        logger.info(
-            "checkpoint {}: {} source(s) already complete, {} failed earlier",
-            checkpoint,
-            self._completed_at_start,
-            status.get("failed_sources", 0),
-        )
+        self._sender = threading.Thread(target=self._send_loop, name="ledger-reports", daemon=True)
+        self._sender.start()
 
     @classmethod
     def open(
@@ -102,10 +109,14 @@ class LedgerTracker:
         allow_pipeline_change: bool = False,
         **options: Any,
     ) -> LedgerTracker:
-        """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor."""
+        """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
+
+        The actor loads the checkpoint in the background while the executor starts its workers;
+        a ledger that cannot start fails the run at the tracker's next call.
+        """
         from nemo_curator.resumability.actor import LedgerHandle
 
-        handle = LedgerHandle.open(checkpoint, stages, allow_fingerprint_change=allow_pipeline_change)
+        handle = LedgerHandle.open(checkpoint, stages, allow_fingerprint_change=allow_pipeline_change, wait=False)
         return cls(handle, str(checkpoint), **options)
 
     # -- the channel --------------------------------------------------------------------
@@ -113,30 +124,71 @@ class LedgerTracker:
     def on_terminal(self, tasks: list[Task]) -> None:
         if not tasks:
             return
-        self.counts.terminal_tasks += len(tasks)
-        self.counts.failed_tasks += sum(1 for t in tasks if isinstance(t, FailedTask))
-        self._buffer.extend(reports_for(tasks))
-        now = time.monotonic()
-        if len(self._buffer) >= self.flush_reports or now - self._last_flush >= self.flush_interval_s:
-            self.flush()
+        reports = reports_for(tasks)
+        with self._cond:
+            self._raise_error()
+            self.counts.terminal_tasks += len(tasks)
+            self.counts.failed_tasks += sum(1 for t in tasks if isinstance(t, FailedTask))
+            self._buffer.extend(reports)
+            self._cond.notify_all()
+            # Backpressure only when the ledger falls far behind (bounds the driver's memory).
+            while len(self._buffer) > self.max_buffered_reports and self._error is None:
+                self._cond.wait()
 
     def flush(self) -> None:
-        """Send buffered reports; returns once the ledger has committed them."""
-        self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
-        batch = self._buffer
-        ack = self.handle.report(batch)
-        self._buffer = []
-        self.counts.reports_sent += len(batch)
-        self.counts.ledger_calls += 1
-        self._on_ack(ack)
+        """Block until every report given so far is committed (raises a failed send)."""
+        with self._cond:
+            self._cond.notify_all()
+            while (self._buffer or self._sending) and self._error is None:
+                self._cond.wait()
+            self._raise_error()
 
-    def _on_ack(self, ack: Any) -> None:
-        status = ack if isinstance(ack, dict) else getattr(ack, "__dict__", {})
-        if status:
-            self.counts.status.update(status)
-        self._progress()
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- the sender thread --------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        try:
+            status = self.handle.wait_ready()
+            with self._cond:
+                self.counts.status.update(status)
+                self._completed_at_start = int(status.get("completed_sources", 0))
+            logger.info(
+                "checkpoint {}: {} source(s) already complete, {} failed earlier",
+                self.checkpoint,
+                self._completed_at_start,
+                status.get("failed_sources", 0),
+            )
+            while True:
+                with self._cond:
+                    while not self._buffer and not self._stop:
+                        self._cond.wait()
+                    if not self._buffer:
+                        return
+                    batch, self._buffer = self._buffer, []
+                    self._sending = len(batch)
+                    self._cond.notify_all()  # wakes an on_terminal held by backpressure
+                began = time.monotonic()
+                ack = self.handle.report(batch)
+                with self._cond:
+                    self._sending = 0
+                    self.counts.reports_sent += len(batch)
+                    self.counts.ledger_calls += 1
+                    if isinstance(ack, dict):
+                        self.counts.status.update(ack)
+                    self._cond.notify_all()
+                self._progress()
+                pause = self.min_interval_s - (time.monotonic() - began)
+                if pause > 0:
+                    with self._cond:
+                        if not self._stop:
+                            self._cond.wait(pause)
+        except BaseException as exc:  # kept, and raised on the executor's thread
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
 
     # -- progress -------------------------------------------------------------------------
 
@@ -165,7 +217,11 @@ class LedgerTracker:
 
     def close(self, success: bool) -> None:
         try:
-            self.flush()
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self._sender.join()
+            self._raise_error()
             self.counts.status.update(self.handle.status())
         finally:
             if self._bar is not None:
@@ -173,7 +229,7 @@ class LedgerTracker:
             self.handle.close()
         status = self.counts.status
         done = int(status.get("completed_sources", 0))
-        self.counts.completed_this_run = done - self._completed_at_start
+        self.counts.completed_this_run = done - (self._completed_at_start or 0)
         logger.info(
             "checkpoint {}: {} source(s) complete ({} in this run, {} skipped as already complete), "
             "{} failed, {} in flight{}",

@@ -130,6 +130,8 @@ def test_config_keys_are_validated() -> None:
         XennaExecutor(config={"execution_mode": "serving"})
     with pytest.raises(ValueError, match="cpu_allocation_percentage"):
         XennaExecutor(config={"cpu_allocation_percentage": 0})
+    with pytest.raises(ValueError, match="report_interval_s"):
+        XennaExecutor(config={"report_interval_s": -1})
     settings = XennaExecutor(config={"num_cpus": 3, "max_retries": 2}).settings
     assert settings == XennaSettings(max_retries=2)
     assert settings.cpu_allocation_percentage == 1.0

@@ -56,7 +56,7 @@ class XennaSettings:
     enable_work_stealing: bool = False
     verbose: bool = False
     report_batch_size: int = 256
-    report_interval_s: float = 0.5
+    report_interval_s: float = 0.0
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> XennaSettings:
@@ -85,9 +85,11 @@ class XennaSettings:
         for key in ("slots_per_actor", "report_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"XennaExecutor: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("logging_interval_s", "autoscale_interval_s", "report_interval_s"):
+        for key in ("logging_interval_s", "autoscale_interval_s"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"XennaExecutor: {key} must be > 0, got {getattr(self, key)}")
+        if not self.report_interval_s >= 0:
+            raise ValueError(f"XennaExecutor: report_interval_s must be >= 0, got {self.report_interval_s}")
 
 
 class XennaExecutor(BaseExecutor):
@@ -119,8 +121,9 @@ class XennaExecutor(BaseExecutor):
     - ``enable_work_stealing``: let idle workers take queued tasks (default False).
     - ``verbose``: xenna's monitoring and pool logs at INFO (default False: quiet).
     - ``report_batch_size`` / ``report_interval_s``: with a checkpoint, terminal tasks are
-      handed to the tracker in batches of at most this many, or after this many seconds
-      since the first task of the batch arrived (defaults 256 and 0.5 s).
+      handed to the tracker as they arrive, in batches of at most this many, or, with an
+      interval > 0, after that many seconds since the first task of the batch arrived
+      (defaults 256 and 0: the tracker batches the ledger calls itself).
 
     Invariants: a stage's CPU request is honoured unless the cluster is too small for one
     worker per stage, in which case all requests are scaled down by one factor (logged; a

@@ -9,8 +9,9 @@ completes, which is the channel completion reports travel on here:
 - the initial tasks are put on the source queue, followed by ``None``; with
   ``serving_drain_on_close`` xenna finishes everything it read before it returns;
 - the caller's thread drains the sink and hands the tasks to ``tracker.on_terminal`` in
-  batches (at most ``report_batch_size`` tasks, or whatever arrived within
-  ``report_interval_s`` of a batch's first task), then returns all of them.
+  batches: whatever has arrived when it looks (at most ``report_batch_size`` tasks), or,
+  with ``report_interval_s`` > 0, whatever arrived within that time of a batch's first
+  task. It returns all of them at the end.
 
 Both queues are plain ``queue.Queue`` objects: the pipeline's main loop runs in this process,
 so nothing needs pickling. If reporting fails (or the caller is interrupted) the sink is
@@ -96,7 +97,7 @@ class _TerminalBatcher:
 
     def __init__(self, tracker: CompletionTracker, max_items: int, max_wait_s: float) -> None:
         self._tracker = tracker
-        self._max_items = max_items
+        self.max_items = max_items
         self._max_wait_s = max_wait_s
         self._pending: list[Task] = []
         self._first_at = 0.0
@@ -106,8 +107,12 @@ class _TerminalBatcher:
         if not self._pending:
             self._first_at = time.monotonic()
         self._pending.append(task)
-        if len(self._pending) >= self._max_items:
+        if len(self._pending) >= self.max_items:
             self.flush()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def wait_s(self) -> float:
         """How long the drain loop may block before this batch is due."""
@@ -161,6 +166,14 @@ def run_serving(
                 continue
             outputs.append(task)
             batcher.add(task)
+            # Take what else has already arrived, so one call carries a burst of outputs.
+            while batcher.pending < batcher.max_items:
+                try:
+                    task = sink.get_nowait()
+                except queue.Empty:
+                    break
+                outputs.append(task)
+                batcher.add(task)
             batcher.flush_if_due()
         batcher.flush()
     except BaseException:

@@ -1,0 +1,92 @@
+"""The driver-side tracker on a real Ray and real LMDB: reports commit while the run goes on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from nemo_curator.resumability.credit import Credit
+from nemo_curator.resumability.errors import LedgerUnavailableError
+from nemo_curator.resumability.inspect import checkpoint_status
+from nemo_curator.resumability.tracker import LedgerTracker
+from nemo_curator.tasks import NoneTask, Task
+from tests.resumability.fingerprint_stages import PlainStage
+from tests.resumability.trees import source_id
+
+STAGES = [PlainStage(factor=2)]
+
+
+def _terminal(sid: str, parts: int) -> list[Task]:
+    """``parts`` terminal tasks (filtered-slot sentinels, the simplest terminal task) sharing ``sid``'s credit."""
+    tasks: list[Task] = []
+    for j, credit in enumerate(Credit.one().split(parts)):
+        task = NoneTask(dataset_name="")
+        task.task_id = f"{sid}_{j}"
+        task._lineage = {sid: credit}
+        tasks.append(task)
+    return tasks
+
+
+def _completed_on_disk(path: Path) -> set[str]:
+    return set(checkpoint_status(path)["completed"])
+
+
+def test_reports_commit_during_the_run_without_flush_or_close(ray_session: Any, tmp_path: Path) -> None:
+    tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False)
+    try:
+        ids = [source_id(i) for i in range(40)]
+        for sid in ids[:20]:
+            tracker.on_terminal(_terminal(sid, 3))
+        # The sender commits on its own: nothing here waits for the ledger.
+        deadline = time.monotonic() + 30
+        while _completed_on_disk(tmp_path) != set(ids[:20]):
+            assert time.monotonic() < deadline, "reports were not committed while the run was going"
+            time.sleep(0.05)
+        # Half a source: never complete, whatever the timing.
+        tracker.on_terminal(_terminal(ids[20], 2)[:1])
+        tracker.flush()
+        assert _completed_on_disk(tmp_path) == set(ids[:20])
+        for sid in ids[21:]:
+            tracker.on_terminal(_terminal(sid, 1))
+        calls_before_close = tracker.counts.ledger_calls
+    finally:
+        tracker.close(success=True)
+    assert _completed_on_disk(tmp_path) == set(ids[:20]) | set(ids[21:])
+    status = checkpoint_status(tmp_path)
+    assert status["in_flight_sources"] == 1
+    # Calls are batches of terminal outputs: never more than the on_terminal calls (40).
+    assert 1 <= calls_before_close <= tracker.counts.ledger_calls <= 40
+    assert tracker.counts.reports_sent == 20 * 3 + 1 + 19
+    assert tracker.counts.completed_this_run == 39
+
+
+def test_a_burst_of_terminal_tasks_is_sent_in_few_calls(ray_session: Any, tmp_path: Path) -> None:
+    tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False, min_interval_s=0.5)
+    try:
+        for i in range(500):
+            tracker.on_terminal(_terminal(source_id(i), 2))
+    finally:
+        tracker.close(success=True)
+    assert len(_completed_on_disk(tmp_path)) == 500
+    # One call per min_interval_s at most while the burst lasts, plus the final one.
+    assert tracker.counts.ledger_calls <= 10
+
+
+def test_a_dead_ledger_fails_the_run_loudly_and_records_nothing_false(ray_session: Any, tmp_path: Path) -> None:
+    tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False)
+    tracker.on_terminal(_terminal(source_id(0), 1))
+    tracker.flush()
+    ray.kill(tracker.handle.actor, no_restart=True)
+    tracker.on_terminal(_terminal(source_id(1), 2)[:1])
+    with pytest.raises(LedgerUnavailableError):
+        tracker.flush()
+    with pytest.raises(LedgerUnavailableError):
+        tracker.on_terminal(_terminal(source_id(2), 1))
+    with pytest.raises(LedgerUnavailableError):
+        tracker.close(success=False)
+    status = checkpoint_status(tmp_path)
+    assert status["completed"] == [source_id(0)]
