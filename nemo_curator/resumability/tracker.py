@@ -180,11 +180,12 @@ class LedgerTracker:
                         self.counts.status.update(ack)
                     self._cond.notify_all()
                 self._progress()
-                pause = self.min_interval_s - (time.monotonic() - began)
-                if pause > 0:
-                    with self._cond:
-                        if not self._stop:
-                            self._cond.wait(pause)
+                # At most one call per min_interval_s (new reports notify the condition, so
+                # wait for the deadline, not for the first wake-up); close skips the pause.
+                resume_at = began + self.min_interval_s
+                with self._cond:
+                    while not self._stop and (left := resume_at - time.monotonic()) > 0:
+                        self._cond.wait(left)
         except BaseException as exc:  # kept, and raised on the executor's thread
             with self._cond:
                 self._error = exc

@@ -12,6 +12,7 @@ executor therefore imports it only when a run starts.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from cosmos_xenna.pipelines import v1 as xenna
 
@@ -19,17 +20,31 @@ from nemo_curator.backends.stage_adapter import StageAdapter
 from nemo_curator.tasks import Task
 
 
+@dataclass
+class OutputPack:
+    """All outputs of one call of the last stage, as one object for xenna.
+
+    xenna stores every output of a stage as its own object and, in SERVING mode, fetches the
+    last stage's outputs one ``ray.get`` at a time in its main loop. One object per call
+    keeps that loop free for scheduling; the driver unpacks it.
+    """
+
+    tasks: list[Task]
+
+
 class XennaStageAdapter(xenna.Stage):
     """A xenna stage whose workers run ``adapter`` with ``cpus``/``gpus`` per worker.
 
     ``cpus`` may be smaller than the stage's own request: the executor scales requests down
-    when a shared cluster is too small for one worker per stage.
+    when a shared cluster is too small for one worker per stage. With ``pack_outputs`` (the
+    last stage of a SERVING run) each call returns its outputs as one ``OutputPack``.
     """
 
-    def __init__(self, adapter: StageAdapter, cpus: float, gpus: float) -> None:
+    def __init__(self, adapter: StageAdapter, cpus: float, gpus: float, pack_outputs: bool = False) -> None:
         self._adapter = adapter
         self._cpus = cpus
         self._gpus = gpus
+        self._pack_outputs = pack_outputs
 
     @property
     def stage_name(self) -> str:
@@ -49,10 +64,13 @@ class XennaStageAdapter(xenna.Stage):
     def setup(self, worker_metadata: xenna.WorkerMetadata) -> None:
         self._adapter.setup(worker_metadata)
 
-    def process_data(self, in_data: list[Task]) -> list[Task]:
+    def process_data(self, in_data: list[Task]) -> list[Task] | list[OutputPack]:
         # Always a list (never None): xenna drops a ``None`` result, and an empty list is
         # simply "no outputs" to it.
-        return self._adapter.process_batch(list(in_data))
+        outputs = self._adapter.process_batch(list(in_data))
+        if self._pack_outputs:
+            return [OutputPack(outputs)] if outputs else []
+        return outputs
 
     def destroy(self) -> None:
         # xenna calls ``destroy`` once per worker before killing it and logs (does not

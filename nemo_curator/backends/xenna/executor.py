@@ -121,8 +121,8 @@ class XennaExecutor(BaseExecutor):
     - ``enable_work_stealing``: let idle workers take queued tasks (default False).
     - ``verbose``: xenna's monitoring and pool logs at INFO (default False: quiet).
     - ``report_batch_size`` / ``report_interval_s``: with a checkpoint, terminal tasks are
-      handed to the tracker as they arrive, in batches of at most this many, or, with an
-      interval > 0, after that many seconds since the first task of the batch arrived
+      handed to the tracker as they arrive (a batch goes as soon as it holds this many), or,
+      with an interval > 0, after that many seconds since the first task of the batch arrived
       (defaults 256 and 0: the tracker batches the ledger calls itself).
 
     Invariants: a stage's CPU request is honoured unless the cluster is too small for one
@@ -277,9 +277,15 @@ def build_stage_specs(plan: ExecutionPlan, tracker: CompletionTracker | None, se
             factor,
         )
     specs = []
+    last = len(plan.stages) - 1
     for i, stage in enumerate(plan.stages):
         wrapper = named_stage_class(stage.name)
-        wrapped = wrapper(plan.adapter(i, tracker), cpus=cpus[i], gpus=float(stage.resources.gpus))
+        wrapped = wrapper(
+            plan.adapter(i, tracker),
+            cpus=cpus[i],
+            gpus=float(stage.resources.gpus),
+            pack_outputs=tracker is not None and i == last,  # a tracker means SERVING mode
+        )
         specs.append(xenna.StageSpec(wrapped, num_workers=fixed[i]))
     return specs
 

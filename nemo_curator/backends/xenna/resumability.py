@@ -2,16 +2,17 @@
 
 In STREAMING mode xenna hands the last stage's outputs back only when ``run_pipeline``
 returns. In SERVING mode its main loop pushes each last-stage output to a sink queue as it
-completes, which is the channel completion reports travel on here:
+completes, which is the channel completion reports travel on here (the last stage hands
+each call's outputs over as one ``OutputPack``, because xenna fetches sink items one by one):
 
 - ``run_pipeline`` runs on a background thread (its exception is kept and re-raised on the
   caller's thread);
 - the initial tasks are put on the source queue, followed by ``None``; with
   ``serving_drain_on_close`` xenna finishes everything it read before it returns;
 - the caller's thread drains the sink and hands the tasks to ``tracker.on_terminal`` in
-  batches: whatever has arrived when it looks (at most ``report_batch_size`` tasks), or,
-  with ``report_interval_s`` > 0, whatever arrived within that time of a batch's first
-  task. It returns all of them at the end.
+  batches: whatever has arrived when it looks (a batch goes as soon as it holds
+  ``report_batch_size`` tasks), or, with ``report_interval_s`` > 0, whatever arrived within
+  that time of a batch's first task. It returns all of them at the end.
 
 Both queues are plain ``queue.Queue`` objects: the pipeline's main loop runs in this process,
 so nothing needs pickling. If reporting fails (or the caller is interrupted) the sink is
@@ -103,10 +104,12 @@ class _TerminalBatcher:
         self._first_at = 0.0
         self.batches = 0
 
-    def add(self, task: Task) -> None:
+    def add_all(self, tasks: list[Task]) -> None:
+        if not tasks:
+            return
         if not self._pending:
             self._first_at = time.monotonic()
-        self._pending.append(task)
+        self._pending.extend(tasks)
         if len(self._pending) >= self.max_items:
             self.flush()
 
@@ -158,22 +161,22 @@ def run_serving(
         while True:
             finished = not runner.is_alive()  # read before draining: later pushes cannot happen
             try:
-                task = sink.get_nowait() if finished else sink.get(timeout=batcher.wait_s())
+                pack = sink.get_nowait() if finished else sink.get(timeout=batcher.wait_s())
             except queue.Empty:
                 if finished:
                     break
                 batcher.flush_if_due()
                 continue
-            outputs.append(task)
-            batcher.add(task)
+            batcher.add_all(pack.tasks)
+            outputs.extend(pack.tasks)
             # Take what else has already arrived, so one call carries a burst of outputs.
             while batcher.pending < batcher.max_items:
                 try:
-                    task = sink.get_nowait()
+                    pack = sink.get_nowait()
                 except queue.Empty:
                     break
-                outputs.append(task)
-                batcher.add(task)
+                batcher.add_all(pack.tasks)
+                outputs.extend(pack.tasks)
             batcher.flush_if_due()
         batcher.flush()
     except BaseException:
