@@ -56,10 +56,12 @@ class LedgerTracker:
     """Implements ``nemo_curator.backends.base.CompletionTracker`` over a ``LedgerHandle``.
 
     ``on_terminal`` never waits for the ledger: it appends reports to a buffer that a sender
-    thread commits in acknowledged batches. The sender takes the whole buffer whenever it is
-    free, so a batch is whatever arrived during the previous commit (at most one call per
-    ``min_interval_s``): reports reach LMDB within about one commit of their outputs, which is
-    what bounds the work a kill makes us redo, and the executor's result loop never stalls.
+    thread commits in acknowledged batches. A batch goes once ``send_at_reports`` reports are
+    buffered or the oldest has waited ``max_delay_s``, and calls are at least
+    ``min_interval_s`` apart. The first bound keeps the outputs a kill makes us redo few when
+    outputs arrive fast; the second keeps them bounded in time when outputs arrive slowly,
+    without a call (an LMDB commit) per trickle of outputs. The executor's result loop never
+    stalls on the ledger.
 
     Invariant: every report handed to ``on_terminal`` is acknowledged by the ledger, or is in
     the buffer, or is in the one batch being sent. ``close`` commits everything (also after a
@@ -73,6 +75,8 @@ class LedgerTracker:
         handle: LedgerHandle,
         checkpoint: str,
         *,
+        send_at_reports: int = 64,
+        max_delay_s: float = 0.5,
         min_interval_s: float = 0.05,
         max_buffered_reports: int = 200_000,
         progress_interval_s: float = 15.0,
@@ -81,12 +85,16 @@ class LedgerTracker:
         self.handle = handle
         self.checkpoint = checkpoint
         self.source_filter = handle.source_filter()
+        self.send_at_reports = send_at_reports
+        self.max_delay_s = max_delay_s
         self.min_interval_s = min_interval_s
         self.max_buffered_reports = max_buffered_reports
         self.progress_interval_s = progress_interval_s
         self.counts = TrackerCounts()
         self._cond = threading.Condition()
         self._buffer: list[Report] = []
+        self._oldest_at = 0.0
+        self._flush_requested = False
         self._sending = 0
         self._error: BaseException | None = None
         self._stop = False
@@ -129,8 +137,11 @@ class LedgerTracker:
             self._raise_error()
             self.counts.terminal_tasks += len(tasks)
             self.counts.failed_tasks += sum(1 for t in tasks if isinstance(t, FailedTask))
+            if not self._buffer:
+                self._oldest_at = time.monotonic()
             self._buffer.extend(reports)
-            self._cond.notify_all()
+            if len(self._buffer) >= self.send_at_reports:
+                self._cond.notify_all()
             # Backpressure only when the ledger falls far behind (bounds the driver's memory).
             while len(self._buffer) > self.max_buffered_reports and self._error is None:
                 self._cond.wait()
@@ -138,9 +149,11 @@ class LedgerTracker:
     def flush(self) -> None:
         """Block until every report given so far is committed (raises a failed send)."""
         with self._cond:
+            self._flush_requested = True
             self._cond.notify_all()
             while (self._buffer or self._sending) and self._error is None:
                 self._cond.wait()
+            self._flush_requested = False
             self._raise_error()
 
     def _raise_error(self) -> None:
@@ -148,6 +161,17 @@ class LedgerTracker:
             raise self._error
 
     # -- the sender thread --------------------------------------------------------------
+
+    def _due(self) -> bool:
+        """Whether the sender should stop waiting (called holding the condition)."""
+        if not self._buffer:
+            return self._stop
+        return (
+            self._stop
+            or self._flush_requested
+            or len(self._buffer) >= self.send_at_reports
+            or time.monotonic() - self._oldest_at >= self.max_delay_s
+        )
 
     def _send_loop(self) -> None:
         try:
@@ -163,8 +187,8 @@ class LedgerTracker:
             )
             while True:
                 with self._cond:
-                    while not self._buffer and not self._stop:
-                        self._cond.wait()
+                    while not self._due():
+                        self._cond.wait(self._oldest_at + self.max_delay_s - time.monotonic() if self._buffer else None)
                     if not self._buffer:
                         return
                     batch, self._buffer = self._buffer, []
@@ -181,10 +205,10 @@ class LedgerTracker:
                     self._cond.notify_all()
                 self._progress()
                 # At most one call per min_interval_s (new reports notify the condition, so
-                # wait for the deadline, not for the first wake-up); close skips the pause.
+                # wait for the deadline, not for the first wake-up); flush and close skip it.
                 resume_at = began + self.min_interval_s
                 with self._cond:
-                    while not self._stop and (left := resume_at - time.monotonic()) > 0:
+                    while not (self._stop or self._flush_requested) and (left := resume_at - time.monotonic()) > 0:
                         self._cond.wait(left)
         except BaseException as exc:  # kept, and raised on the executor's thread
             with self._cond:
