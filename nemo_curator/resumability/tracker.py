@@ -137,10 +137,13 @@ class LedgerTracker:
             self._raise_error()
             self.counts.terminal_tasks += len(tasks)
             self.counts.failed_tasks += sum(1 for t in tasks if isinstance(t, FailedTask))
-            if not self._buffer:
+            was_empty = not self._buffer
+            if was_empty:
                 self._oldest_at = time.monotonic()
             self._buffer.extend(reports)
-            if len(self._buffer) >= self.send_at_reports:
+            # Wake the sender when its deadline starts (it waits without one on an empty
+            # buffer) and when a batch is full; not for every report in between.
+            if was_empty or len(self._buffer) >= self.send_at_reports:
                 self._cond.notify_all()
             # Backpressure only when the ledger falls far behind (bounds the driver's memory).
             while len(self._buffer) > self.max_buffered_reports and self._error is None:

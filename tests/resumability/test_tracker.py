@@ -39,8 +39,12 @@ def test_reports_commit_during_the_run_without_flush_or_close(ray_session: Any, 
     tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False)
     try:
         ids = [source_id(i) for i in range(40)]
+        tracker.handle.wait_ready()
+        time.sleep(0.2)  # the sender is idle, waiting on an empty buffer
+        # Fewer reports than a full batch, arriving slowly: the time bound sends them.
         for sid in ids[:20]:
             tracker.on_terminal(_terminal(sid, 3))
+            time.sleep(0.01)
         # The sender commits on its own: nothing here waits for the ledger.
         deadline = time.monotonic() + 30
         while _completed_on_disk(tmp_path) != set(ids[:20]):
