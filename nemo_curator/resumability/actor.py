@@ -384,9 +384,10 @@ class LedgerHandle:
             actor = self._require_open()
             self._seq += 1
             seq = self._seq
-            ref = ray.put(batch)
+            # By value: Ray inlines a small batch in the call (a ray.put first doubled the
+            # cost of a call, about 4.4 ms of CPU against 2.2 ms) and stores a large one itself.
             return _call_with_retry(
-                lambda: actor.report.remote(ref, self._sender, seq),
+                lambda: actor.report.remote(batch, self._sender, seq),
                 what="report",
                 checkpoint=str(self.checkpoint),
                 timeout_s=self.timeout_s,

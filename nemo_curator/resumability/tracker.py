@@ -77,7 +77,7 @@ class LedgerTracker:
         *,
         send_at_reports: int = 64,
         max_delay_s: float = 0.5,
-        min_interval_s: float = 0.05,
+        min_interval_s: float = 0.1,
         max_buffered_reports: int = 200_000,
         progress_interval_s: float = 15.0,
         show_progress_bar: bool | None = None,

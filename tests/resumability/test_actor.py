@@ -26,6 +26,7 @@ from nemo_curator.resumability.fingerprint import pipeline_fingerprint
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.liveness import process_start_time, this_process
 from nemo_curator.resumability.report import Report, ReportBatch
+from tests.ray_helpers import wait_actor_dead
 from tests.resumability.fingerprint_stages import PlainStage, ScoreFilter
 from tests.resumability.trees import source_id
 
@@ -141,6 +142,7 @@ def test_actor_gone_for_good_is_a_loud_error(ray_session: Any, tmp_path: Path) -
     source_filter = handle.source_filter()
     handle.report(_reports(1)[source_id(0)])
     ray.kill(handle.actor, no_restart=True)
+    wait_actor_dead(handle.actor)  # ray.kill acts asynchronously: a call right after may still run
     with pytest.raises(LedgerUnavailableError, match="rerun"):
         handle.report(_reports(1, first=1)[source_id(1)])
     with pytest.raises(LedgerUnavailableError):

@@ -14,6 +14,7 @@ from nemo_curator.resumability.errors import LedgerUnavailableError
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.tracker import LedgerTracker
 from nemo_curator.tasks import NoneTask, Task
+from tests.ray_helpers import wait_actor_dead
 from tests.resumability.fingerprint_stages import PlainStage
 from tests.resumability.trees import source_id
 
@@ -85,6 +86,7 @@ def test_a_dead_ledger_fails_the_run_loudly_and_records_nothing_false(ray_sessio
     tracker.on_terminal(_terminal(source_id(0), 1))
     tracker.flush()
     ray.kill(tracker.handle.actor, no_restart=True)
+    wait_actor_dead(tracker.handle.actor)
     tracker.on_terminal(_terminal(source_id(1), 2)[:1])
     with pytest.raises(LedgerUnavailableError):
         tracker.flush()
