@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -149,6 +150,26 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _git_commit() -> str | None:
+    """The code's commit (``+dirty`` with uncommitted changes), or ``None`` outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def finish(summary: dict[str, Any], out: Path, results_md: Path | None) -> None:
     summary["meta"]["duration_s"] = time.time() - summary["meta"]["started_ts"]
     summary["meta"]["load_average_end"] = round(os.getloadavg()[0], 2)
@@ -177,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             "ray_logical_cpus": args.num_cpus,
             "load_average_start": round(os.getloadavg()[0], 2),
             "versions": _versions(),
+            "commit": _git_commit(),
             "sources": args.sources,
             "reps": args.reps,
             "growth_sizes": sorted(set(args.growth_sizes) | {args.sources}),

@@ -64,7 +64,8 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
         f"Run {meta.get('started', '?')} on {meta.get('cpus', '?')} CPUs "
         f"({'quick' if meta.get('quick') else 'full'} suite, {meta.get('duration_s', 0):.0f} s; "
         f"1-minute load average {meta.get('load_average_start', '?')} at the start, "
-        f"{meta.get('load_average_end', '?')} at the end). Command: `{meta.get('command', 'python -m benchmarks')}`.",
+        f"{meta.get('load_average_end', '?')} at the end), commit {meta.get('commit') or 'unknown'}. "
+        f"Command: `{meta.get('command', 'python -m benchmarks')}`.",
         "",
         "Workload B1: a source of N sources, a 1:1 map with "
         f"{meta.get('work_ms', 1.0):g} ms of CPU per task, a 1-to-3 fan-out that filters one child in three, "

@@ -24,9 +24,9 @@ from nemo_curator.tasks import Task
 class OutputPack:
     """All outputs of one call of the last stage, as one object for xenna.
 
-    xenna stores every output of a stage as its own object and, in SERVING mode, fetches the
-    last stage's outputs one ``ray.get`` at a time in its main loop. One object per call
-    keeps that loop free for scheduling; the driver unpacks it.
+    xenna stores every output of a stage as its own object (a ``ray.put`` each) and, in
+    SERVING mode, fetches the last stage's outputs one ``ray.get`` at a time in its main loop.
+    One object per call saves both; the driver unpacks it.
     """
 
     tasks: list[Task]
@@ -37,7 +37,7 @@ class XennaStageAdapter(xenna.Stage):
 
     ``cpus`` may be smaller than the stage's own request: the executor scales requests down
     when a shared cluster is too small for one worker per stage. With ``pack_outputs`` (the
-    last stage of a SERVING run) each call returns its outputs as one ``OutputPack``.
+    last stage, in every mode) each call returns its outputs as one ``OutputPack``.
     """
 
     def __init__(self, adapter: StageAdapter, cpus: float, gpus: float, pack_outputs: bool = False) -> None:
