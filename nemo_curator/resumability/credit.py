@@ -94,6 +94,12 @@ class Credit:
     def __repr__(self) -> str:
         return f"Credit({self.to_wire()})"
 
+    def __reduce__(self) -> tuple[type[Credit], tuple[int, int]]:
+        # Credits ride in every tracked task's lineage across each stage boundary: rebuilding
+        # from the two ints (validated again) pickles in about half the time of a frozen
+        # slotted dataclass's default state protocol.
+        return (Credit, (self.num, self.exp))
+
 
 _ONE = Credit(1, 0)
 

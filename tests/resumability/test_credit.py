@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 from fractions import Fraction
 
 from hypothesis import given
 from hypothesis import strategies as st
+from ray import cloudpickle
 
 from nemo_curator.resumability.credit import Credit, merge_lineages, split_lineage
 from nemo_curator.resumability.keys import decode_credit, encode_credit
@@ -50,6 +52,10 @@ def test_wire_round_trip_is_exact(credit: Credit) -> None:
     num, exp = decode_credit(encode_credit(credit.num, credit.exp))
     assert Credit.make(num, exp) == credit
     assert "." not in credit.to_wire()
+    # Between workers credits travel pickled, inside each task's lineage.
+    for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+        back = loads(dumps({"source": credit}))["source"]
+        assert type(back) is Credit and (back.num, back.exp) == (credit.num, credit.exp)
 
 
 @budget()
