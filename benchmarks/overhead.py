@@ -6,6 +6,12 @@ directory and, with a checkpoint, a fresh checkpoint directory. Run ``i`` with a
 paired with run ``i`` without one (its neighbour), and the ratios with/without of the pairs give
 the median and the spread. Only ``pipeline.run`` is timed: Ray is started once by the caller.
 
+Each run also records the CPU time the whole machine spent while it ran (``/proc/stat``: user,
+nice, system, irq and softirq of all processes, including the Ray workers and actors that exit
+before the run returns) and the time the hypervisor stole. The CPU ratio with/without is a
+second view of the overhead: it counts work, so it does not move with how the scheduler happened
+to interleave the processes, although it still grows with wall time through Ray's polling loops.
+
 Runs with a checkpoint use ``counting_executor``: the executor with its ``_open_tracker``
 wrapped to keep the run's ``LedgerTracker`` (its ``counts`` feed the message benchmark) and to
 time opening and closing the ledger, the fixed part of the overhead.
@@ -13,6 +19,7 @@ time opening and closing the ledger, the fixed part of the overhead.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
@@ -56,6 +63,25 @@ class RunRecord:
     outputs: int
     rep: int
     tracker: TrackerStats | None = None
+    #: CPU seconds of the whole machine during the run (``None`` where ``/proc/stat`` is missing).
+    cpu_s: float | None = None
+    #: CPU seconds the hypervisor stole during the run.
+    steal_s: float | None = None
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """``(busy, steal)`` CPU seconds of the whole machine since boot, from ``/proc/stat`` (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    values = [int(v) for v in fields[1:9]] + [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq) / ticks, steal / ticks
 
 
 @dataclass
@@ -131,9 +157,11 @@ def timed_run(
     else:
         executor = make_executor(executor_name, checkpoint=None, config=config)
     try:
+        cpu_before = machine_cpu_seconds()
         start = time.perf_counter()
         outputs = pipeline.run(executor)
         seconds = time.perf_counter() - start
+        cpu_after = machine_cpu_seconds()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     if len(outputs) != OUTPUTS_PER_SOURCE * sources:
@@ -141,15 +169,20 @@ def timed_run(
             f"{executor_name}: B1 with {sources} sources returned {len(outputs)} outputs, "
             f"expected {OUTPUTS_PER_SOURCE * sources}"
         )
+    cpu_s = steal_s = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu_s, steal_s = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     logger.info(
-        "overhead {} n={} {} rep {}: {:.2f}s",
+        "overhead {} n={} {} rep {}: {:.2f}s (machine CPU {}, stolen {})",
         executor_name,
         sources,
         "with checkpoint" if checkpoint else "without",
         rep,
         seconds,
+        "?" if cpu_s is None else f"{cpu_s:.2f}s",
+        "?" if steal_s is None else f"{steal_s:.2f}s",
     )
-    return RunRecord(executor_name, sources, checkpoint, seconds, len(outputs), rep, stats)
+    return RunRecord(executor_name, sources, checkpoint, seconds, len(outputs), rep, stats, cpu_s, steal_s)
 
 
 def alternating_runs(
@@ -174,12 +207,18 @@ def alternating_runs(
     return records
 
 
-def pair_ratios(records: list[RunRecord]) -> list[float]:
-    """with/without of each rep's pair."""
+def pair_ratios(records: list[RunRecord], measure: str = "seconds") -> list[float]:
+    """with/without of each rep's pair, of ``measure`` (``seconds`` or ``cpu_s``; pairs missing it are left out)."""
     by_rep: dict[int, dict[bool, float]] = {}
     for r in records:
-        by_rep.setdefault(r.rep, {})[r.checkpoint] = r.seconds
-    return [pair[True] / pair[False] for _, pair in sorted(by_rep.items()) if True in pair and False in pair]
+        value = getattr(r, measure)
+        if value is not None:
+            by_rep.setdefault(r.rep, {})[r.checkpoint] = value
+    return [
+        pair[True] / pair[False]
+        for _, pair in sorted(by_rep.items())
+        if True in pair and False in pair and pair[False] > 0
+    ]
 
 
 def summarize_size(records: list[RunRecord]) -> dict[str, Any]:
@@ -189,6 +228,8 @@ def summarize_size(records: list[RunRecord]) -> dict[str, Any]:
     without_s = [r.seconds for r in records if not r.checkpoint]
     opens = [r.tracker.open_s for r in records if r.tracker is not None]
     closes = [r.tracker.close_s for r in records if r.tracker is not None]
+    cpu_ratios = pair_ratios(records, "cpu_s")
+    steals = [r.steal_s for r in records if r.steal_s is not None]
     return {
         "sources": records[0].sources,
         "reps": len(ratios),
@@ -203,6 +244,9 @@ def summarize_size(records: list[RunRecord]) -> dict[str, Any]:
         "median_extra_s": statistics.median(w - wo for w, wo in zip(with_s, without_s, strict=False)),
         "median_ledger_open_s": statistics.median(opens) if opens else None,
         "median_ledger_close_s": statistics.median(closes) if closes else None,
+        "cpu_ratios": cpu_ratios,
+        "median_cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
+        "median_steal_s": statistics.median(steals) if steals else None,
     }
 
 

@@ -79,11 +79,13 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
         lines += [
             "## Checkpoint overhead (wall time of `pipeline.run`, with / without checkpoint)",
             "",
-            f"Target: median ratio <= {TARGET_MEDIAN_RATIO}. Pairs of runs alternate (ABBA) in one session on one Ray.",
+            f"Target: median ratio <= {TARGET_MEDIAN_RATIO}. Pairs of runs alternate (ABBA) in one session on one Ray. "
+            "The CPU ratio compares the CPU time the whole machine spent during each run of a pair (all processes, "
+            "Ray's included); *stolen* is the CPU time the hypervisor took from this machine during a run.",
             "",
             "| executor | sources | pairs | median ratio | min | max | median without (s) | median with (s) "
-            "| ledger open (s) | ledger close (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| ledger open (s) | ledger close (s) | median CPU ratio | stolen per run (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, o in overhead.items():
             if "error" in o:
@@ -91,7 +93,8 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
             lines.append(
                 f"| {name} | {o['sources']} | {o['reps']} | {_f(o['median_ratio'])} | {_f(o['min_ratio'])} "
                 f"| {_f(o['max_ratio'])} | {_f(o['median_without_s'], '{:.2f}')} | {_f(o['median_with_s'], '{:.2f}')} "
-                f"| {_f(o.get('median_ledger_open_s'), '{:.2f}')} | {_f(o.get('median_ledger_close_s'), '{:.2f}')} |"
+                f"| {_f(o.get('median_ledger_open_s'), '{:.2f}')} | {_f(o.get('median_ledger_close_s'), '{:.2f}')} "
+                f"| {_f(o.get('median_cpu_ratio'))} | {_f(o.get('median_steal_s'), '{:.2f}')} |"
             )
         lines += _errors(overhead)
         lines += [

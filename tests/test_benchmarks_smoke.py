@@ -45,6 +45,9 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         for key in ("median_ratio", "min_ratio", "max_ratio"):
             assert _is_number(overhead[key]) and overhead[key] > 0, (executor, key, overhead)
         assert overhead["min_ratio"] <= overhead["median_ratio"] <= overhead["max_ratio"]
+        if sys.platform == "linux":  # the machine's CPU time comes from /proc/stat
+            assert len(overhead["cpu_ratios"]) == summary["meta"]["reps"]
+            assert _is_number(overhead["median_cpu_ratio"]) and overhead["median_cpu_ratio"] > 0
         assert overhead["sources"] == summary["meta"]["sources"]
         assert len(overhead["ratios"]) == summary["meta"]["reps"]
         assert [g["sources"] for g in overhead["growth"]] == summary["meta"]["growth_sizes"]
