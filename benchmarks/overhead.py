@@ -79,8 +79,9 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     if not fields or fields[0] != "cpu":
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    values = [int(v) for v in fields[1:9]] + [0] * 8
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    # Columns after "cpu": user nice system idle iowait irq softirq steal (older kernels stop early).
+    values = ([int(v) for v in fields[1:9]] + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
     return (user + nice + system + irq + softirq) / ticks, steal / ticks
 
 
