@@ -224,6 +224,8 @@ def test_unknown_config_keys_are_rejected() -> None:
         RayDataExecutor(config={"actor_pool_size": (3, 1)})
     with pytest.raises(ValueError, match="actor_exit_timeout_s"):
         RayDataExecutor(config={"actor_exit_timeout_s": -1})
+    with pytest.raises(ValueError, match="target_max_block_size"):
+        RayDataExecutor(config={"target_max_block_size": 0})
 
 
 def test_runs_are_quiet_by_default_and_leave_the_users_data_context_alone() -> None:
@@ -257,6 +259,9 @@ def test_every_stage_shape_gives_the_same_outputs_and_ids_on_every_run(ray_sessi
     assert len({t.task_id for t in first}) == len(first)
     assert _ids_and_values(first) == _ids_and_values(ordered)
     assert [(t.task_id, t.data) for t in ordered] == [(t.task_id, t.data) for t in again]
+    # Large blocks change only how tasks are grouped in transit, never the outputs or their ids.
+    blocks = feature_pipeline().run(RayDataExecutor(config={"target_max_block_size": 128 * 1024**2}))
+    assert _ids_and_values(blocks) == _ids_and_values(first)
 
 
 def test_setup_runs_once_per_actor_teardown_on_release_and_stages_stay_apart(ray_session, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ _QUIET_LOGGERS = (
     ("ray.data.exceptions", logging.CRITICAL),
 )
 
-_CONFIG_KEYS = BASE_CONFIG_KEYS | {"actor_pool_size", "show_progress", "preserve_order", "actor_exit_timeout_s"}
+_CONFIG_KEYS = BASE_CONFIG_KEYS | {"actor_pool_size", "show_progress", "preserve_order", "actor_exit_timeout_s", "target_max_block_size"}
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,14 @@ class RayDataExecutor(BaseExecutor):
       completion order (ids are deterministic either way).
     - ``actor_exit_timeout_s`` (float, default 30): how long the end of a run waits for the
       actors of its pools to exit.
+    - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
+      default puts every task in a block of its own (see Dataflow). Pipelines of many small
+      tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``): B1
+      at 2,000 sources took 6 s instead of 40 s on 2 CPUs. The price is coarser streaming: a
+      block moves on, and its outputs reach the driver (and the checkpoint), only once its
+      whole task has finished, and a fan-out's children stay in their parent's block.
 
-    Dataflow: every task travels in a Ray Data block of its own, so a fan-out's children
+    Dataflow: by default every task travels in a Ray Data block of its own, so a fan-out's children
     spread over parallel workers and each finished task moves on at once; every stage is an
     operator of its own (Ray Data is kept from fusing adjacent stages, see
     :func:`place_stages`), with its own workers and resources.
@@ -180,6 +186,10 @@ class RayDataExecutor(BaseExecutor):
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
             raise ValueError(f"RayDataExecutor: actor_exit_timeout_s must be a number >= 0, got {timeout!r}")
         self._actor_exit_timeout_s = float(timeout)
+        block = self.config.get("target_max_block_size", 1)
+        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+            raise ValueError(f"RayDataExecutor: target_max_block_size must be an int >= 1 (bytes), got {block!r}")
+        self._target_max_block_size = block
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -295,9 +305,11 @@ class RayDataExecutor(BaseExecutor):
         ctx.enable_operator_progress_bars = show
         ctx.print_on_execution_start = show
         ctx.enable_auto_log_stats = False
-        # Every task in a block of its own: a fan-out's children spread over parallel workers,
-        # and each finished task streams on at once (the granularity of the other executors).
-        ctx.target_max_block_size = 1
+        # By default every task in a block of its own: a fan-out's children spread over parallel
+        # workers, and each finished task streams on at once (the granularity of the other
+        # executors). Every block costs the driver's scheduling loop, so many small tasks run
+        # faster with larger blocks (``target_max_block_size`` in the config).
+        ctx.target_max_block_size = self._target_max_block_size
         # The adapter's StageError must reach the driver as such, and an application error
         # must fail the run: no retries, no skipped blocks.
         ctx.raise_original_map_exception = True
