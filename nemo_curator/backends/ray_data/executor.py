@@ -53,7 +53,13 @@ _QUIET_LOGGERS = (
     ("ray.data.exceptions", logging.CRITICAL),
 )
 
-_CONFIG_KEYS = BASE_CONFIG_KEYS | {"actor_pool_size", "show_progress", "preserve_order", "actor_exit_timeout_s", "target_max_block_size"}
+_CONFIG_KEYS = BASE_CONFIG_KEYS | {
+    "actor_pool_size",
+    "show_progress",
+    "preserve_order",
+    "actor_exit_timeout_s",
+    "target_max_block_size",
+}
 
 
 @dataclass(frozen=True)
