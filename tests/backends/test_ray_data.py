@@ -134,6 +134,14 @@ def test_task_column_round_trips_payloads_sentinels_and_lineage() -> None:
     assert back[2].task_id == "t3_f" and back[2]._lineage == {"s1": Credit.make(1, 2)}
     assert (back[3].reason, back[3].stage_name, back[3]._lineage) == ("ValueError: x", "st", {"s2": Credit.one()})
     assert decode_tasks(encode_tasks([])) == []
+    packed = encode_tasks([frame, none, failed], pack=True)
+    assert packed.num_rows == 1
+    assert [(type(t), t.task_id, t._lineage) for t in decode_tasks(packed)] == [
+        (DocumentBatch, "t1", frame._lineage),
+        (NoneTask, "t3_f", none._lineage),
+        (FailedTask, failed.task_id, failed._lineage),
+    ]
+    assert encode_tasks([], pack=True).num_rows == 0
 
 
 class _TaskStage(ProcessingStage[Task, Task]):

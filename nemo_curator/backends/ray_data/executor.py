@@ -151,9 +151,10 @@ class RayDataExecutor(BaseExecutor):
       block moves on, and its outputs reach the driver (and the checkpoint), only once its
       whole task has finished, and a fan-out's children stay in their parent's block.
 
-    Dataflow: by default every task travels in a Ray Data block of its own, so a fan-out's children
-    spread over parallel workers and each finished task moves on at once; every stage is an
-    operator of its own (Ray Data is kept from fusing adjacent stages, see
+    Dataflow: by default every task travels in a Ray Data block of its own, so a fan-out's
+    children spread over parallel workers and each finished task moves on at once. The last
+    stage's outputs of one call travel as one packed row: the driver is their only consumer.
+    Every stage is an operator of its own (Ray Data is kept from fusing adjacent stages, see
     :func:`place_stages`), with its own workers and resources.
 
     Workers: stages without ``setup``/``teardown`` run as Ray tasks; the others on an actor
@@ -256,8 +257,10 @@ class RayDataExecutor(BaseExecutor):
 
         # One block per initial task, so that several initial tasks start in parallel.
         dataset = ray.data.from_arrow([encode_tasks([task]) for task in initial_tasks])
+        last = len(plan.stages) - 1
         for index, (stage, placement) in enumerate(zip(plan.stages, placements, strict=True)):
             adapter = plan.adapter(index, tracker)
+            pack = index == last  # the driver is the only consumer: one row per call
             options: dict[str, Any] = {
                 "batch_size": _batch_size(stage),
                 "batch_format": "pyarrow",
@@ -267,7 +270,7 @@ class RayDataExecutor(BaseExecutor):
             if placement.num_gpus:
                 options["num_gpus"] = placement.num_gpus
             if placement.actors is None:
-                dataset = dataset.map_batches(stage_batch_fn(adapter), **options)
+                dataset = dataset.map_batches(stage_batch_fn(adapter, pack), **options)
             else:
                 low, high = placement.actors
                 pool = (
@@ -275,7 +278,7 @@ class RayDataExecutor(BaseExecutor):
                     if low == high
                     else ray.data.ActorPoolStrategy(min_size=low, max_size=high)
                 )
-                dataset = dataset.map_batches(stage_actor_class(adapter), compute=pool, **options)
+                dataset = dataset.map_batches(stage_actor_class(adapter, pack), compute=pool, **options)
         return dataset
 
     def _setup_on_nodes(self, plan: ExecutionPlan, tracker: CompletionTracker | None) -> None:
