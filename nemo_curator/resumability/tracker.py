@@ -76,7 +76,7 @@ class LedgerTracker:
         checkpoint: str,
         *,
         send_at_reports: int = 64,
-        max_delay_s: float = 0.25,
+        max_delay_s: float = 0.1,
         min_interval_s: float = 0.1,
         max_buffered_reports: int = 200_000,
         progress_interval_s: float = 15.0,
