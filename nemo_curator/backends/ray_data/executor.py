@@ -2,10 +2,11 @@
 
 The initial tasks become a dataset with a single column of pickled tasks (see ``adapter``).
 Every stage appends one ``map_batches``: stages without ``setup``/``teardown`` run as Ray
-tasks, stages with them on an actor pool whose actors run ``setup`` once; every task travels
-in a block of its own. The driver pulls the last stage's output blocks with a streaming iterator as they finish; nothing
-is materialised stage by stage, so the first outputs (and, with a checkpoint, the first
-completion reports) arrive while earlier stages are still working.
+tasks, stages with them on an actor pool whose actors run ``setup`` once; by default every
+task travels in a block of its own, and the last stage's outputs of one call in one packed row.
+The driver pulls the last stage's output blocks with a streaming iterator as they finish;
+nothing is materialised stage by stage, so the first outputs (and, with a checkpoint, the
+first completion reports) arrive while earlier stages are still working.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class RayDataExecutor(BaseExecutor):
     - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
       default puts every task in a block of its own (see Dataflow). Pipelines of many small
       tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``): B1
-      at 2,000 sources took 6 s instead of 40 s on 2 CPUs. The price is coarser streaming: a
+      at 2,000 sources took about 6 s instead of about 30 s on 2 CPUs. The price is coarser streaming: a
       block moves on, and its outputs reach the driver (and the checkpoint), only once its
       whole task has finished, and a fan-out's children stay in their parent's block.
 
