@@ -148,9 +148,9 @@ class RayDataExecutor(BaseExecutor):
     - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
       default puts every task in a block of its own (see Dataflow). Pipelines of many small
       tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``): B1
-      at 2,000 sources took about 6 s instead of about 30 s on 2 CPUs. The price is coarser streaming: a
-      block moves on, and its outputs reach the driver (and the checkpoint), only once its
-      whole task has finished, and a fan-out's children stay in their parent's block.
+      at 2,000 sources took about 6 s instead of about 30 s on 2 CPUs. The price is coarser
+      streaming: a block moves on, and its outputs reach the driver (and the checkpoint), only
+      once its whole task has finished, and a fan-out's children stay in their parent's block.
 
     Dataflow: by default every task travels in a Ray Data block of its own, so a fan-out's
     children spread over parallel workers and each finished task moves on at once. The last
