@@ -9,7 +9,11 @@ import dataclasses
 import gzip
 import json
 import os
+import signal
 import string
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -28,6 +32,7 @@ from nemo_curator.stages.text.filters import (
     word_count,
 )
 from nemo_curator.stages.text.io.reader import JsonlReader, JsonlReaderStage
+from nemo_curator.stages.text.io.temp_files import is_stale, sweep_stale_temp_files, temp_name
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import DocumentBatch, EmptyTask, FileGroupTask, Task
 
@@ -321,6 +326,51 @@ def test_writer_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         JsonlWriter(str(tmp_path)).process(batch([{"text": "x"}], task_id="t0"))
     assert os.listdir(tmp_path) == ["t0.jsonl"]
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from nemo_curator.stages.text.io.temp_files import temp_name
+path = os.path.join(sys.argv[1], temp_name("killed.jsonl"))
+with open(path, "wb") as f:
+    f.write(b"half a reco")
+print(os.path.basename(path), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_setup_on_node_sweeps_only_temp_files_whose_writer_is_gone(tmp_path: Path) -> None:
+    """A writer SIGKILLed between its temp write and its rename leaves a hidden file; the next run removes it.
+
+    Kept: temp files of a live writer (this process, or another host's that is still young),
+    outputs, other hidden files, directories. Removed: the killed writer's, and any temp file
+    older than a day (another host's, or a name from an earlier version).
+    """
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_name = killed.stdout.strip()
+    assert is_stale(killed_name, age_s=0.0)
+    live = temp_name("live.jsonl")  # this process is alive: its write may be in progress
+    other_host = f".b.jsonl.tmp-{'0' * 12}-1-{'a' * 16}"
+    other_host_old = f".c.jsonl.tmp-{'0' * 12}-1-{'b' * 16}"
+    legacy_old = f".d.jsonl.tmp-{'c' * 32}"
+    legacy_young = f".e.jsonl.tmp-{'d' * 32}"
+    kept_hidden = ".keep"
+    for name in (live, other_host, other_host_old, legacy_old, legacy_young, kept_hidden, "out.jsonl"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / f".dir.tmp-{'e' * 32}").mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for name in (other_host_old, legacy_old, f".dir.tmp-{'e' * 32}"):
+        os.utime(tmp_path / name, (two_days_ago, two_days_ago))
+
+    JsonlWriter(str(tmp_path)).setup_on_node()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [live, other_host, legacy_young, kept_hidden, "out.jsonl", f".dir.tmp-{'e' * 32}"]
+    )
+    assert sweep_stale_temp_files(str(tmp_path / "missing")) == []
+    assert not is_stale("out.jsonl", age_s=10**9) and not is_stale(".keep", age_s=10**9)
 
 
 def test_writer_rejects_tasks_without_usable_ids(tmp_path: Path) -> None:

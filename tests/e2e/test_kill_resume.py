@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nemo_curator.resumability.inspect import checkpoint_status
+from nemo_curator.stages.text.io.temp_files import writer_identity
 from nemo_curator.utils.processes import kill_process_tree
 from tests.e2e import job
 
@@ -66,7 +67,8 @@ def start_job(cfg: dict[str, Any]) -> subprocess.Popen:
     )
 
 
-def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 240) -> None:
+def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 240) -> int:
+    """Start the job, SIGKILL its process tree once ``kill_at_outputs`` outputs exist; return its PID."""
     proc = start_job(cfg)
     deadline = time.monotonic() + timeout_s
     try:
@@ -80,6 +82,7 @@ def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 2
     finally:
         kill_tree(proc.pid)
         proc.wait(timeout=30)
+    return proc.pid
 
 
 @pytest.mark.slow
@@ -89,7 +92,12 @@ def test_sigkill_then_resume_gives_exact_output(ray_session, tmp_path: Path, exe
     cfg = make_cfg(tmp_path, executor)
     total_outputs = FILES * OUTPUTS_PER_SOURCE
     kill_at = {"early": 1, "midway": total_outputs // 2, "late": total_outputs - 3}[point]
-    run_and_kill(cfg, kill_at)
+    killed_pid = run_and_kill(cfg, kill_at)
+    # What a writer killed between its temp write and its rename leaves. A kill rarely hits that
+    # window, so one is planted: named as a writer process of the killed job on this host would.
+    os.makedirs(cfg["output_dir"], exist_ok=True)
+    interrupted = Path(cfg["output_dir"], f".x.jsonl.tmp-{writer_identity()}-{killed_pid}-{'0' * 16}")
+    interrupted.write_text('{"half a rec')
 
     before = checkpoint_status(cfg["checkpoint"])
     done_before = set(before["completed"])
@@ -101,6 +109,7 @@ def test_sigkill_then_resume_gives_exact_output(ray_session, tmp_path: Path, exe
     assert after["failed_sources"] == 0
     assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
     assert len(output_files(cfg)) == total_outputs
+    assert sorted(os.listdir(cfg["output_dir"])) == output_files(cfg), "temp files of interrupted writes remain"
 
     attempts_resume = job.processed_sources(cfg["log_dir"])
     redone = _new_attempts(attempts_before, attempts_resume)

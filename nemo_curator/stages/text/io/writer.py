@@ -9,7 +9,10 @@ Invariants:
   directory, are flushed and fsynced, then renamed over the final name (``os.replace``
   locally, then the directory is fsynced; ``fs.mv`` on other filesystems). When ``process``
   returns, the file is durable, so a completion report sent afterwards never outruns it.
-  A crash can leave a hidden ``.<name>.tmp-*`` file behind; readers skip hidden files.
+- a crash can leave a hidden ``.<name>.tmp-*`` file behind (readers skip hidden files); the
+  next run's ``setup_on_node`` removes those whose writer is gone (``temp_files``), so a
+  resumed run leaves the same directory as an uninterrupted one. Only local directories are
+  swept: listing an object store prefix of millions of files would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from loguru import logger
 
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
+from nemo_curator.stages.text.io.temp_files import sweep_stale_temp_files, temp_name
 from nemo_curator.tasks import DocumentBatch, FileGroupTask
 
 #: pandas.DataFrame.to_json options for stable, readable output; ``write_kwargs`` overrides them.
@@ -109,6 +112,20 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
         text = frame.to_json(orient="records", lines=True, **kwargs) if len(frame) else ""
         return text.encode("utf-8"), len(frame)
 
+    def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
+        """Remove the temp files that interrupted writes of an earlier run left in ``path``."""
+        if not _is_local(self.path):
+            return
+        removed = sweep_stale_temp_files(self.path)
+        if removed:
+            logger.info(
+                "{}: removed {} temp file(s) left in {} by interrupted writes (e.g. {})",
+                self.name,
+                len(removed),
+                self.path,
+                removed[0],
+            )
+
     def process(self, task: DocumentBatch) -> FileGroupTask:
         name = self.file_name(task.task_id)
         payload, records = self.serialize(task)
@@ -120,7 +137,7 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
     def _write_local(self, name: str, payload: bytes) -> str:
         os.makedirs(self.path, exist_ok=True)
         final = os.path.join(self.path, name)
-        tmp = os.path.join(self.path, f".{name}.tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(self.path, temp_name(name))
         try:
             with open(tmp, "wb") as f:
                 f.write(payload)
@@ -141,7 +158,7 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
         fs, root = url_to_fs(self.path, **storage_options)
         fs.makedirs(root, exist_ok=True)
         final = f"{root.rstrip('/')}/{name}"
-        tmp = f"{root.rstrip('/')}/.{name}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{root.rstrip('/')}/{temp_name(name)}"
         try:
             with fs.open(tmp, "wb") as f:
                 f.write(payload)
