@@ -348,9 +348,12 @@ def test_tracked_run_stops_when_reporting_fails(ray_session: Any) -> None:
 _OWN_RAY_SCRIPT = """
 import json, sys
 import ray
+from loguru import logger
 from nemo_curator.backends.xenna import XennaExecutor
 from tests.backends.xenna_stages import Emit, FanOut, AddOne
 
+logger.add(sys.argv[1], level="INFO", format="{name}|{message}")  # the user's own log file
+logger.info("before the run")
 seen = {}
 
 class Probe(XennaExecutor):
@@ -361,6 +364,7 @@ class Probe(XennaExecutor):
         return super()._execute(plan, initial_tasks, tracker)
 
 out = Probe().execute([Emit(count=4), FanOut(ways=2), AddOne()])
+logger.info("after the run")
 print(json.dumps({
     "values": sorted(t.data for t in out),
     "session_dir": seen["session_dir"],
@@ -386,10 +390,11 @@ def _processes_of_session(session_dir: str) -> list[str]:
     return found
 
 
-def test_starts_and_stops_its_own_ray_without_ray_address() -> None:
+def test_starts_and_stops_its_own_ray_without_ray_address(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    user_log = tmp_path / "user.log"
     result = subprocess.run(
-        [sys.executable, "-c", _OWN_RAY_SCRIPT],
+        [sys.executable, "-c", _OWN_RAY_SCRIPT, str(user_log)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -403,6 +408,11 @@ def test_starts_and_stops_its_own_ray_without_ray_address() -> None:
     assert report["ray_initialized_after"] is False
     # checkpoint=None never touches resumability code.
     assert report["resumability_imported"] == []
+    # Importing cosmos-xenna during the run did not remove the user's loguru sink.
+    assert [line for line in user_log.read_text().splitlines() if line.startswith("__main__|")] == [
+        "__main__|before the run",
+        "__main__|after the run",
+    ]
     deadline = time.monotonic() + 15
     left = _processes_of_session(report["session_dir"])
     while left and time.monotonic() < deadline:

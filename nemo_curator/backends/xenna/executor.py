@@ -7,7 +7,8 @@ one per call instead saved about 2 s of 18 in a 2,000-source run) and the driver
 With a checkpoint the run needs every last-stage output on the driver as it completes, so
 it runs in SERVING mode (``nemo_curator.backends.xenna.resumability``, imported only then).
 
-cosmos-xenna is imported lazily, when a run starts: importing it reconfigures loguru.
+cosmos-xenna is imported lazily, when a run starts: importing it reconfigures loguru, so a
+process whose loguru the user configured imports it with loguru's sinks frozen.
 """
 
 from __future__ import annotations
@@ -175,8 +176,25 @@ class XennaExecutor(BaseExecutor):
 
 
 def _import_xenna_quietly(verbose: bool) -> None:
-    """Import cosmos-xenna, with its loguru sink at WARNING for its own modules unless asked."""
-    if "cosmos_xenna" in sys.modules or verbose or "PYTHON_LOG" in os.environ:
+    """Import cosmos-xenna without losing the user's loguru configuration.
+
+    On import xenna removes every loguru sink and adds its own stderr sink. A removed sink
+    is closed (a log file stops for good), so it cannot be put back afterwards:
+    - if the process still has only loguru's default sink, xenna may replace it, with its
+      own modules at WARNING unless ``verbose`` (or ``PYTHON_LOG`` says otherwise);
+    - if the user configured loguru (added or removed a sink), xenna's import runs with
+      loguru's ``add`` / ``remove`` / ``configure`` disabled, so the user's sinks stay as they
+      are and xenna's driver-side messages go to them at the levels the user chose.
+    """
+    if "cosmos_xenna.utils.python_log" in sys.modules:  # loguru was reconfigured already, or kept
+        import cosmos_xenna.pipelines.v1
+
+        return
+    if _loguru_configured_by_user():
+        with _loguru_sinks_frozen():
+            import cosmos_xenna.pipelines.v1
+        return
+    if verbose or "PYTHON_LOG" in os.environ:
         import cosmos_xenna.pipelines.v1
 
         return
@@ -185,6 +203,35 @@ def _import_xenna_quietly(verbose: bool) -> None:
         import cosmos_xenna.pipelines.v1  # noqa: F401
     finally:
         os.environ.pop("PYTHON_LOG", None)
+
+
+def _loguru_configured_by_user() -> bool:
+    """Whether loguru's sinks differ from the single default one (handler id 0) it starts with.
+
+    Reads loguru's private handler table; if that ever moves, the answer is ``True``, which
+    keeps whatever the user has.
+    """
+    handlers = getattr(getattr(logger, "_core", None), "handlers", None)
+    if not isinstance(handlers, dict):
+        return True
+    return set(handlers) != {0}
+
+
+@contextmanager
+def _loguru_sinks_frozen() -> Iterator[None]:
+    """Make loguru's ``add``, ``remove`` and ``configure`` do nothing until the block ends."""
+    names = ("add", "remove", "configure")
+
+    def ignored(*args: Any, **kwargs: Any) -> int:
+        return -1
+
+    for name in names:
+        setattr(logger, name, ignored)
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(logger, name)
 
 
 #: What Ray logs when xenna calls ``ray.init(ignore_reinit_error=True)`` on the connected Ray.
