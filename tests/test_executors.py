@@ -9,7 +9,15 @@ import pytest
 from nemo_curator.backends.stage_adapter import StageError
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import CompositeStage
-from tests.pipelines_for_tests import AddOne, EmitNumbers, FailOn, expected_feature_values, feature_pipeline
+from tests.pipelines_for_tests import (
+    AddOne,
+    EmitNumbers,
+    FailOn,
+    FanOut,
+    NumberTask,
+    expected_feature_values,
+    feature_pipeline,
+)
 
 EXECUTORS = {
     "xenna": ("nemo_curator.backends.xenna", "XennaExecutor"),
@@ -44,6 +52,32 @@ def test_all_executors_agree(ray_session) -> None:
     reference = _results["xenna"]
     for name, got in _results.items():
         assert got == reference, f"{name} gave different ids or values than xenna"
+
+
+@pytest.mark.parametrize("executor", list(EXECUTORS))
+def test_many_initial_tasks_with_a_checkpoint(ray_session, tmp_path, executor: str) -> None:
+    """Initial tasks passed to ``run`` feed the source stage; a rerun with more of them does only the new ones.
+
+    xenna's checkpointed runs use its SERVING mode, whose source queue is read one item per
+    loop iteration; initial tasks must not go through it (see ``run_serving``).
+    """
+
+    def pipeline() -> Pipeline:
+        fan_out = FanOut(n=2)
+        fan_out.batch_size = 25
+        return Pipeline("initial_tasks", stages=[AddOne(), fan_out])
+
+    def numbers(count: int) -> list[NumberTask]:
+        return [NumberTask("numbers", i) for i in range(count)]
+
+    def expected(first: int, last: int) -> list[int]:
+        return sorted((i + 1) * 10 + j for i in range(first, last) for j in range(2))
+
+    checkpoint = str(tmp_path / "ckpt")
+    first = pipeline().run(make_executor(executor, checkpoint=checkpoint), initial_tasks=numbers(300))
+    assert sorted(t.data for t in first) == expected(0, 300)
+    second = pipeline().run(make_executor(executor, checkpoint=checkpoint), initial_tasks=numbers(400))
+    assert sorted(t.data for t in second) == expected(300, 400), "completed sources were not skipped"
 
 
 @pytest.mark.parametrize("executor", list(EXECUTORS))

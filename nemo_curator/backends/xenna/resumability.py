@@ -7,8 +7,11 @@ each call's outputs over as one ``OutputPack``, because xenna fetches sink items
 
 - ``run_pipeline`` runs on a background thread (its exception is kept and re-raised on the
   caller's thread);
-- the initial tasks are put on the source queue, followed by ``None``; with
-  ``serving_drain_on_close`` xenna finishes everything it read before it returns;
+- the initial tasks go in as the spec's ``input_data``, which xenna queues all at once; the
+  source queue gets only ``None``, the close signal. (xenna reads the source queue one item
+  per main-loop iteration, at most 100 per second: 4,000 initial tasks fed that way took 43 s
+  against 15 s without a checkpoint.) With ``serving_drain_on_close`` xenna finishes
+  everything it read before it returns;
 - the caller's thread drains the sink and hands the tasks to ``tracker.on_terminal`` in
   batches: whatever has arrived when it looks (a batch goes as soon as it holds
   ``report_batch_size`` tasks), or, with ``report_interval_s`` > 0, whatever arrived within
@@ -145,11 +148,9 @@ def run_serving(
     config.serving_drain_on_close = True
     source: queue.Queue = queue.Queue()
     sink = _ClosableSink()
-    for task in initial_tasks:
-        source.put(task)
-    source.put(None)  # close: xenna drains what it read, then returns
+    source.put(None)  # close: xenna drains the input data, then returns
     spec = xenna.PipelineSpec(
-        input_data=[],
+        input_data=list(initial_tasks),
         stages=stages,
         config=config,
         serving_queues=xenna.ServingQueues(source=source, sink=sink),  # type: ignore[arg-type]
