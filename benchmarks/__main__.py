@@ -1,9 +1,10 @@
 """``python -m benchmarks [--quick] [--executors ...] --out DIR``: the benchmark suite.
 
 Sections (see each module): ``overhead`` (checkpoint overhead on workload B1, with its growth
-curve), ``resume`` (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput,
-start-up load, memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per
-run, from the overhead section's checkpointed runs).
+curve and a variant that passes the sources to ``pipeline.run`` as initial tasks), ``resume``
+(SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput, start-up load,
+memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per run, from the
+overhead section's checkpointed runs).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -15,8 +16,8 @@ The full suite uses the issue's sizes (2,000 sources, 5 pairs, kills at 25 / 50 
 also at 25 / 50 / 75 % of the outputs written, since a short run spends its first quarter starting
 up), except that the growth curve stops at 4,000 sources by default (``--growth-sizes 500 2000
 8000`` for the issue's full curve; it adds about 8 minutes). ``--quick`` is a smoke run of every
-section (200 sources, 2 pairs, no extra growth size, one kill once half of the outputs exist, the
-ledger's quick mode); its numbers mean little.
+section (200 sources, 1 pair plus 1 with the sources as initial tasks, no extra growth size, one
+kill once half of the outputs exist, the ledger's quick mode); its numbers mean little.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ FULL = {
     # it in ~3 min per run), pushing the suite past 25 minutes: pass --growth-sizes 500 2000 8000 for it.
     "growth_sizes": [500, 2000, 4000],
     "growth_reps": 1,
+    "initial_task_reps": 2,
     "kill_points": [0.25, 0.5, 0.75],
     "kill_by": ["time", "outputs"],
     "warmup_sources": 200,
@@ -56,9 +58,10 @@ FULL = {
 }
 QUICK = {
     "sources": 200,
-    "reps": 2,
+    "reps": 1,
     "growth_sizes": [200],  # one size: an extra one costs ~30 s, mostly xenna's fixed start-up
     "growth_reps": 1,
+    "initial_task_reps": 1,
     "kill_points": [0.5],
     "kill_by": ["outputs"],
     "warmup_sources": 0,
@@ -76,6 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="pairs (with/without checkpoint) per executor, >= 1")
     p.add_argument("--growth-sizes", type=int, nargs="+", help="sizes of the growth curve")
     p.add_argument("--growth-reps", type=int, help="pairs per extra growth size")
+    p.add_argument(
+        "--initial-task-reps",
+        type=int,
+        help="pairs with the sources passed to pipeline.run as initial tasks, no source stage (0: none)",
+    )
     p.add_argument("--kill-points", type=float, nargs="+", help="kill points as fractions of T, e.g. 0.25 0.5")
     p.add_argument(
         "--kill-by",
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "sources": args.sources,
             "reps": args.reps,
             "growth_sizes": sorted(set(args.growth_sizes) | {args.sources}),
+            "initial_task_reps": args.initial_task_reps,
             "kill_points": args.kill_points,
             "kill_by": args.kill_by,
             "child_warmup_sources": args.child_warmup_sources,
@@ -237,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         work_root,
                         settings,
                         warmup_sources=args.warmup_sources,
+                        initial_task_reps=args.initial_task_reps,
                     )
                     overhead[name] = result
                     summary["overhead"][name] = result.to_json()

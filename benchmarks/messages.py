@@ -24,7 +24,7 @@ def summarize_messages(records: list[RunRecord]) -> dict[str, Any]:
     """Per size: median ledger calls, ``on_terminal`` calls, reports, terminal tasks, tasks x stages."""
     by_size: dict[int, list[RunRecord]] = {}
     for r in records:
-        if r.checkpoint and r.tracker is not None and r.rep >= 0:
+        if r.checkpoint and r.tracker is not None and r.rep >= 0 and not r.initial_tasks:
             by_size.setdefault(r.sources, []).append(r)
     sizes: list[dict[str, Any]] = []
     for n, runs in sorted(by_size.items()):

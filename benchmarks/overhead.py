@@ -32,6 +32,7 @@ from loguru import logger
 from benchmarks.workloads import (
     OUTPUTS_PER_SOURCE,
     B1Config,
+    b1_initial_tasks,
     b1_pipeline,
     b1_task_stage_visits,
     executor_class,
@@ -67,6 +68,8 @@ class RunRecord:
     cpu_s: float | None = None
     #: CPU seconds the hypervisor stole during the run.
     steal_s: float | None = None
+    #: The sources were passed to ``pipeline.run`` as initial tasks (no source stage).
+    initial_tasks: bool = False
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:
@@ -137,7 +140,13 @@ def counting_executor(name: str, checkpoint: str, config: dict[str, Any] | None 
 
 
 def timed_run(
-    executor_name: str, sources: int, checkpoint: bool, work_dir: Path, settings: B1Settings, rep: int
+    executor_name: str,
+    sources: int,
+    checkpoint: bool,
+    work_dir: Path,
+    settings: B1Settings,
+    rep: int,
+    initial_tasks: bool = False,
 ) -> RunRecord:
     """One B1 run in a fresh directory (removed afterwards); checks the output count."""
     if work_dir.exists():
@@ -149,6 +158,7 @@ def timed_run(
         work_ms=settings.work_ms,
         fsync=settings.fsync,
         batch_size=settings.batch_size,
+        initial_tasks=initial_tasks,
     )
     pipeline = b1_pipeline(cfg)
     config = settings.executor_config.get(executor_name)
@@ -160,7 +170,7 @@ def timed_run(
     try:
         cpu_before = machine_cpu_seconds()
         start = time.perf_counter()
-        outputs = pipeline.run(executor)
+        outputs = pipeline.run(executor, initial_tasks=b1_initial_tasks(cfg))
         seconds = time.perf_counter() - start
         cpu_after = machine_cpu_seconds()
     finally:
@@ -174,27 +184,35 @@ def timed_run(
     if cpu_before is not None and cpu_after is not None:
         cpu_s, steal_s = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     logger.info(
-        "overhead {} n={} {} rep {}: {:.2f}s (machine CPU {}, stolen {})",
+        "overhead {} n={}{} {} rep {}: {:.2f}s (machine CPU {}, stolen {})",
         executor_name,
         sources,
+        " as initial tasks" if initial_tasks else "",
         "with checkpoint" if checkpoint else "without",
         rep,
         seconds,
         "?" if cpu_s is None else f"{cpu_s:.2f}s",
         "?" if steal_s is None else f"{steal_s:.2f}s",
     )
-    return RunRecord(executor_name, sources, checkpoint, seconds, len(outputs), rep, stats, cpu_s, steal_s)
+    return RunRecord(
+        executor_name, sources, checkpoint, seconds, len(outputs), rep, stats, cpu_s, steal_s, initial_tasks
+    )
 
 
 def alternating_runs(
-    executor_name: str, sources: int, reps: int, work_root: Path, settings: B1Settings
+    executor_name: str,
+    sources: int,
+    reps: int,
+    work_root: Path,
+    settings: B1Settings,
+    initial_tasks: bool = False,
 ) -> list[RunRecord]:
     """``reps`` pairs of runs, in ABBA order (rep 0 without first, rep 1 with first, ...)."""
     records: list[RunRecord] = []
     for rep in range(reps):
         order = (False, True) if rep % 2 == 0 else (True, False)
         for checkpoint in order:
-            tag = "ckpt" if checkpoint else "plain"
+            tag = ("ckpt" if checkpoint else "plain") + ("-initial" if initial_tasks else "")
             records.append(
                 timed_run(
                     executor_name,
@@ -203,6 +221,7 @@ def alternating_runs(
                     work_root / f"{executor_name}-{sources}-{rep}-{tag}",
                     settings,
                     rep,
+                    initial_tasks,
                 )
             )
     return records
@@ -251,6 +270,10 @@ def summarize_size(records: list[RunRecord]) -> dict[str, Any]:
     }
 
 
+#: What the growth curve and the initial-tasks variant keep of ``summarize_size``.
+_POINT_KEYS = ("sources", "reps", "median_with_s", "median_without_s", "median_ratio", "min_ratio", "max_ratio")
+
+
 @dataclass
 class OverheadResult:
     """Everything the overhead section measured for one executor."""
@@ -272,10 +295,14 @@ def measure_overhead(
     work_root: Path,
     settings: B1Settings,
     warmup_sources: int | None = None,
+    initial_task_reps: int = 0,
 ) -> OverheadResult:
     """The alternating pairs at ``sources``, then the growth curve (other sizes, ``growth_reps`` pairs each).
 
     ``warmup_sources`` runs one untimed pair first (first runs pay for imports and worker start-up).
+    ``initial_task_reps`` pairs at ``sources`` then hand the sources to ``pipeline.run`` as initial
+    tasks (no source stage): a guard for the path users take with pre-built tasks, which B1's
+    source stage does not exercise (xenna once fed them at 100 per second).
     """
     if warmup_sources:
         for checkpoint in (False, True):
@@ -295,18 +322,10 @@ def measure_overhead(
             runs = alternating_runs(executor_name, size, growth_reps, work_root, settings)
             records.extend(runs)
             point = summarize_size(runs)
-        growth.append(
-            {
-                k: point[k]
-                for k in (
-                    "sources",
-                    "reps",
-                    "median_with_s",
-                    "median_without_s",
-                    "median_ratio",
-                    "min_ratio",
-                    "max_ratio",
-                )
-            }
-        )
+        growth.append({k: point[k] for k in _POINT_KEYS})
+    if initial_task_reps > 0:
+        runs = alternating_runs(executor_name, sources, initial_task_reps, work_root, settings, initial_tasks=True)
+        records.extend(runs)
+        point = summarize_size(runs)
+        summary["initial_tasks"] = {k: point[k] for k in _POINT_KEYS}
     return OverheadResult(summary=summary, growth=growth, records=records)

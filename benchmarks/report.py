@@ -110,6 +110,24 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
                     f"| {name} | {g['sources']} | {g['reps']} | {_f(g['median_without_s'], '{:.2f}')} "
                     f"| {_f(g['median_with_s'], '{:.2f}')} | {_f(g['median_ratio'])} |"
                 )
+        variants = {name: o["initial_tasks"] for name, o in overhead.items() if o.get("initial_tasks")}
+        if variants:
+            lines += [
+                "",
+                "### Sources passed as initial tasks",
+                "",
+                "B1 without its source stage: `pipeline.run(executor, initial_tasks=[...])` gets the sources "
+                "themselves, as users with pre-built tasks do.",
+                "",
+                "| executor | sources | pairs | without (s) | with (s) | ratio | min | max |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, v in variants.items():
+                lines.append(
+                    f"| {name} | {v['sources']} | {v['reps']} | {_f(v['median_without_s'], '{:.2f}')} "
+                    f"| {_f(v['median_with_s'], '{:.2f}')} | {_f(v['median_ratio'])} | {_f(v['min_ratio'])} "
+                    f"| {_f(v['max_ratio'])} |"
+                )
         lines.append("")
     resume = summary.get("resume", {})
     if resume:

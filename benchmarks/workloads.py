@@ -173,6 +173,8 @@ class B1Config:
     work_ms: float = 1.0
     fsync: bool = True
     batch_size: int = 1
+    #: Hand the sources to ``pipeline.run`` as initial tasks instead of emitting them from a source stage.
+    initial_tasks: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,15 +190,21 @@ def b1_pipeline(cfg: B1Config) -> Pipeline:
     if cfg.attempts_dir:
         os.makedirs(cfg.attempts_dir, exist_ok=True)
     stages: list[ProcessingStage] = [
-        EmitSources(count=cfg.sources),
+        *([] if cfg.initial_tasks else [EmitSources(count=cfg.sources)]),
         BusyMap(work_ms=cfg.work_ms),
         FanOutDropThird(),
         AtomicFileSink(out_dir=cfg.out_dir, attempts_dir=cfg.attempts_dir, fsync=cfg.fsync),
     ]
     if cfg.batch_size > 1:
-        for stage in stages[1:]:
-            stage.batch_size = cfg.batch_size
+        for stage in stages:
+            if not isinstance(stage, EmitSources):
+                stage.batch_size = cfg.batch_size
     return Pipeline(name="b1", stages=stages)
+
+
+def b1_initial_tasks(cfg: B1Config) -> list[Task] | None:
+    """The tasks ``pipeline.run`` gets: the sources themselves with ``initial_tasks``, else ``None``."""
+    return [ItemTask("b1", i) for i in range(cfg.sources)] if cfg.initial_tasks else None
 
 
 def b1_task_stage_visits(sources: int) -> int:
@@ -226,5 +234,5 @@ def run_b1(executor_name: str, cfg: B1Config, checkpoint: str | None = None) -> 
     pipeline = b1_pipeline(cfg)
     executor = make_executor(executor_name, checkpoint=checkpoint)
     start = time.perf_counter()
-    outputs = pipeline.run(executor)
+    outputs = pipeline.run(executor, initial_tasks=b1_initial_tasks(cfg))
     return time.perf_counter() - start, len(outputs)

@@ -51,6 +51,10 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         assert overhead["sources"] == summary["meta"]["sources"]
         assert len(overhead["ratios"]) == summary["meta"]["reps"]
         assert [g["sources"] for g in overhead["growth"]] == summary["meta"]["growth_sizes"]
+        variant = overhead["initial_tasks"]  # the sources handed to pipeline.run as initial tasks
+        assert variant["sources"] == summary["meta"]["sources"]
+        assert variant["reps"] == summary["meta"]["initial_task_reps"] == 1
+        assert _is_number(variant["median_ratio"]) and variant["median_ratio"] > 0
 
         resume = summary["resume"][executor]
         assert _is_number(resume["redo_fraction"]) and 0.0 <= resume["redo_fraction"] <= 1.0
@@ -75,7 +79,13 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         assert _is_number(ledger[key]) and ledger[key] > 0, (key, ledger)
 
     table = (out / "summary.md").read_text()
-    for heading in ("Checkpoint overhead", "Resume efficiency", "Ledger", "Messages to the ledger"):
+    for heading in (
+        "Checkpoint overhead",
+        "Sources passed as initial tasks",
+        "Resume efficiency",
+        "Ledger",
+        "Messages to the ledger",
+    ):
         assert heading in table
     for executor in EXECUTORS:
         assert f"| {executor} |" in table
