@@ -54,6 +54,8 @@ def temp_name(final_name: str) -> str:
 
 
 def _pid_runs(pid: int) -> bool:
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) would not probe but terminate: assume it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
