@@ -140,8 +140,11 @@ def iter_task_batches(dataset: ray.data.Dataset) -> Iterator[list[Task]]:
     """Stream the dataset's output to the driver, one list of tasks per block, as blocks finish.
 
     Empty blocks (a stage that filtered everything) are skipped; packed rows are unpacked.
+    No prefetching: with Ray's default of one batch ahead, a finished block reached the driver
+    only once the next one had (B1, 2,000 sources: file written to task on the driver, median
+    0.32 s; without prefetching 0.045 s, and the same run time).
     """
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         if batch.num_rows:
             yield decode_tasks(batch)
 
