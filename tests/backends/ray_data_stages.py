@@ -45,6 +45,36 @@ class RecordWorker(ProcessingStage[NumberTask, NumberTask]):
 
 
 @dataclass
+class AwaitsDriver(ProcessingStage[NumberTask, NumberTask]):
+    """A last stage that handles number ``n`` only once the driver has received ``n - 1``.
+
+    The driver's side writes ``<marker_dir>/<n>`` for every output it receives. A task waits
+    up to ``timeout_s`` for its predecessor's marker and records in ``_metadata["waited_s"]``
+    how long it waited (``None``: the marker never came).
+    """
+
+    marker_dir: str = ""
+    timeout_s: float = 10.0
+    name: str = "awaits_driver"
+    resources: Resources = field(default_factory=lambda: SMALL)
+
+    def process(self, task: NumberTask) -> NumberTask:
+        began = time.monotonic()
+        waited: float | None = 0.0
+        if task.data > 0:
+            marker = Path(self.marker_dir, str(task.data - 1))
+            while not marker.exists():
+                if time.monotonic() - began > self.timeout_s:
+                    waited = None
+                    break
+                time.sleep(0.01)
+            else:
+                waited = time.monotonic() - began
+        task._metadata["waited_s"] = waited
+        return task
+
+
+@dataclass
 class MarkedSetup(ProcessingStage[NumberTask, NumberTask]):
     """Writes a marker file in ``setup_on_node``, ``setup`` and ``teardown``; process needs setup."""
 

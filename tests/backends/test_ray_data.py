@@ -33,6 +33,7 @@ from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import DocumentBatch, FailedTask, NoneTask, Task
 from tests.backends.ray_data_stages import (
+    AwaitsDriver,
     CountWords,
     EmitDocuments,
     FailInActor,
@@ -404,6 +405,31 @@ def test_terminal_batches_stream_to_the_tracker_with_exact_credit(ray_session, t
     partial = _credit_sum(returned[_source(5)])
     assert partial is not None and partial.compare(Credit.one()) < 0
     assert _credit_sum([partial, failed[0]._lineage[_source(5)]]) == Credit.one()
+
+
+def test_each_finished_block_reaches_the_driver_before_the_next_is_made(ray_session, tmp_path: Path) -> None:
+    """Streaming granularity of the report channel: nothing holds a finished block back.
+
+    The last stage handles number ``n`` only after the driver has received ``n - 1``, so the
+    run is a relay between workers and driver. If the driver's iterator held one block back
+    (Ray's default prefetch of one batch), every step would wait out the stage's timeout.
+    """
+    markers = tmp_path / "received"
+    markers.mkdir()
+
+    class MarkingTracker(RecordingTracker):
+        def on_terminal(self, tasks: list[Task]) -> None:
+            super().on_terminal(tasks)
+            for task in tasks:
+                if not isinstance(task, NoneTask | FailedTask):
+                    (markers / str(task.data)).touch()
+
+    tracker = MarkingTracker(FixedSourceFilter(frozenset()), [], [])
+    stages = [EmitNumbers(count=6), AwaitsDriver(marker_dir=str(markers), timeout_s=10.0)]
+    outputs = Pipeline(name="relay", stages=stages).run(TrackedRayDataExecutor(tracker, tmp_path / "ckpt"))
+    waited = {t.data: t._metadata["waited_s"] for t in outputs}
+    assert sorted(waited) == list(range(6))
+    assert None not in waited.values(), f"a finished block was held back from the driver: {waited}"
 
 
 def test_a_run_whose_sources_are_all_complete_returns_nothing(ray_session, tmp_path: Path) -> None:
