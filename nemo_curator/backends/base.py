@@ -19,9 +19,9 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from loguru import logger
 
@@ -153,6 +153,25 @@ def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) 
     unknown = sorted(set(config) - accepted)
     if unknown:
         raise ValueError(f"{owner}: unknown config key(s) {unknown}; known keys: {sorted(accepted)}")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Base of each executor's frozen settings: one field per config key the executor reads.
+
+    ``from_config`` refuses unknown keys; a subclass checks (and normalises) its values in
+    ``__post_init__``, so a settings object that exists is valid. Both raise ``ValueError``
+    when the executor is made, before any run.
+    """
+
+    #: The executor's name in error messages.
+    owner: ClassVar[str] = "executor"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}
+        check_config_keys(cls.owner, config, known)
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 class BaseExecutor(ABC):

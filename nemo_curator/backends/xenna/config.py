@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from nemo_curator.backends.base import check_config_keys
+from nemo_curator.backends.base import ExecutorSettings
 
 _MODES = ("streaming", "batch")
 
 
 @dataclass(frozen=True)
-class XennaSettings:
-    """The executor's configuration; see ``XennaExecutor`` for each key.
+class XennaSettings(ExecutorSettings):
+    """The executor's configuration; see ``XennaExecutor`` for each key. Invariant: valid."""
 
-    ``from_config`` validates (unknown keys included), so a settings object made there is valid.
-    """
+    owner: ClassVar[str] = "XennaExecutor"
 
     execution_mode: str = "streaming"
     logging_interval_s: float = 3600.0
@@ -30,15 +29,7 @@ class XennaSettings:
     report_batch_size: int = 256
     report_interval_s: float = 0.0
 
-    @staticmethod
-    def from_config(config: dict[str, Any]) -> XennaSettings:
-        known = {f.name for f in fields(XennaSettings)}
-        check_config_keys("XennaExecutor", config, known)
-        settings = XennaSettings(**{k: v for k, v in config.items() if k in known})
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.execution_mode not in _MODES:
             raise ValueError(f"XennaExecutor: execution_mode must be one of {_MODES}, got {self.execution_mode!r}")
         if not 0.0 < self.cpu_allocation_percentage <= 1.0:
