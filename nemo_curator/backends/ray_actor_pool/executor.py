@@ -151,7 +151,6 @@ def plan_resources(
     positive request stays positive). GPU requests are never scaled: too many is a
     ``ValueError`` (an actor that cannot be placed would wait forever).
     """
-    wanted_cpus = sum(n * max(s.resources.cpus, 0.0) for n, s in zip(counts, stages, strict=True))
     wanted_gpus = sum(n * max(s.resources.gpus, 0.0) for n, s in zip(counts, stages, strict=True))
     if wanted_gpus > cluster_gpus + 1e-9:
         raise ValueError(
@@ -159,8 +158,10 @@ def plan_resources(
             "lower num_actors_per_stage or the stages' Resources(gpus=...)"
         )
     requests = [max(s.resources.cpus, 0.0) for s in stages]
+    # A cluster that reports no CPUs is left alone rather than scaled down to nothing.
     scaled, factor = scale_cpu_requests(requests, counts, cluster_cpus) if cluster_cpus > 0 else (requests, 1.0)
     if factor < 1.0:
+        wanted_cpus = sum(r * n for r, n in zip(requests, counts, strict=True))
         logger.info(
             "ray_actor_pool: the stages ask for {:g} CPU(s) but the cluster has {:g}; scaling every CPU request "
             "by {:.3f}",

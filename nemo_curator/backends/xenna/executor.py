@@ -117,7 +117,7 @@ class XennaExecutor(BaseExecutor):
         return [task for pack in outputs or [] for task in pack.tasks]
 
 
-# -- building the xenna pipeline ----------------------------------------------------------
+# -- the run's environment: cosmos-xenna imported quietly, Ray found, re-init noise muted ------------
 
 
 def _import_xenna_quietly(verbose: bool) -> None:
