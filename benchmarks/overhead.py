@@ -35,9 +35,8 @@ from benchmarks.workloads import (
     b1_initial_tasks,
     b1_pipeline,
     b1_task_stage_visits,
-    executor_class,
-    make_executor,
 )
+from nemo_curator.backends.registry import executor_class, make_executor
 
 
 @dataclass

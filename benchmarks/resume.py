@@ -39,10 +39,10 @@ from benchmarks.workloads import (
     OUTPUTS_PER_SOURCE,
     B1Config,
     b1_pipeline,
-    make_executor,
     read_attempts,
     written_outputs,
 )
+from nemo_curator.backends.registry import make_executor
 from nemo_curator.utils.processes import kill_process_tree
 
 REPO = Path(__file__).resolve().parents[1]

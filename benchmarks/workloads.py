@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nemo_curator.backends.registry import make_executor
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
@@ -210,23 +211,6 @@ def b1_initial_tasks(cfg: B1Config) -> list[Task] | None:
 def b1_task_stage_visits(sources: int) -> int:
     """Tasks processed summed over stages: 1 initial task, n maps, n fan-outs, 2n sink writes."""
     return 1 + sources + sources + OUTPUTS_PER_SOURCE * sources
-
-
-def executor_class(name: str) -> type:
-    """The executor class by name (``xenna``, ``ray_data``, ``ray_actor_pool``), imported on demand."""
-    import importlib
-
-    from nemo_curator.demo import EXECUTORS
-
-    if name not in EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}")
-    module_name, class_name = EXECUTORS[name]
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def make_executor(name: str, checkpoint: str | None = None, config: dict[str, Any] | None = None) -> Any:
-    """An executor by name with this config and checkpoint."""
-    return executor_class(name)(config=dict(config or {}), checkpoint=checkpoint)
 
 
 def run_b1(executor_name: str, cfg: B1Config, checkpoint: str | None = None) -> tuple[float, int]:

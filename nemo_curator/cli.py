@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from nemo_curator.demo import DEFAULT_TASK_DELAY_S, EXECUTORS
+from nemo_curator.backends.registry import EXECUTORS
+from nemo_curator.demo import DEFAULT_TASK_DELAY_S
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -23,7 +23,6 @@ Invariants:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nemo_curator.backends.base import BaseExecutor
+from nemo_curator.backends.registry import EXECUTORS, make_executor
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
@@ -49,13 +48,6 @@ from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import DocumentBatch
 from nemo_curator.utils.processes import kill_process_tree
 
-#: Executor name -> (module, class), imported only when chosen.
-EXECUTORS: dict[str, tuple[str, str]] = {
-    "xenna": ("nemo_curator.backends.xenna", "XennaExecutor"),
-    "ray_data": ("nemo_curator.backends.ray_data", "RayDataExecutor"),
-    "ray_actor_pool": ("nemo_curator.backends.ray_actor_pool", "RayActorPoolExecutor"),
-}
-
 #: Filter settings of the demo pipeline (``build_sample_corpus`` makes documents on both sides).
 DEMO_MIN_WORDS = 8
 DEMO_MAX_WORDS = 1000
@@ -64,17 +56,6 @@ DEMO_MIN_RUN = 6
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "da", "pe", "gu", "fi", "ho", "ba", "tre", "sol"]
 _RUN_CHARS = "!=*#a-?"
-
-
-def make_executor(
-    name: str, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None
-) -> BaseExecutor:
-    """An executor by name (``xenna``, ``ray_data``, ``ray_actor_pool``); raises ``ValueError`` otherwise."""
-    if name not in EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}")
-    module_name, class_name = EXECUTORS[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config=config, checkpoint=checkpoint)
 
 
 def _vocabulary(rng: random.Random, size: int = 300) -> list[str]:

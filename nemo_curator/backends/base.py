@@ -3,8 +3,13 @@
 An executor subclass implements ``_execute(plan, initial_tasks, tracker)``: it runs one
 ``StageAdapter`` per stage worker (``plan.adapter(i, tracker)``), streams tasks between
 stages, and hands every batch of last-stage outputs to ``tracker.on_terminal`` *as it
-arrives on the driver* (when ``tracker`` is not ``None``). It returns all last-stage outputs;
+arrives on the driver*, in one call on its result loop. It returns all last-stage outputs;
 the base class removes sentinels.
+
+There is always a tracker: without a checkpoint it is ``NO_TRACKER``, whose calls do
+nothing, so that no executor branches on whether a run is checkpointed (except where the
+backend must choose a different way to run; it reads ``tracker.tracking``). Without a
+checkpoint nothing of ``nemo_curator.resumability`` is imported.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from loguru import logger
 
@@ -25,10 +31,15 @@ from nemo_curator.tasks import EmptyTask, FailedTask, Task, is_sentinel
 
 
 class CompletionTracker(Protocol):
-    """Driver-side resumability for one run (implemented in ``nemo_curator.resumability``)."""
+    """Driver-side resumability for one run (implemented in ``nemo_curator.resumability``).
+
+    A tracker may say ``tracking = False`` (``NoTracker``): the run is not checkpointed, the
+    adapters stamp no lineage and the executor may run without a results channel. A tracker
+    without the attribute tracks.
+    """
 
     #: Given to the source stage's adapters; asks the ledger which sources are complete.
-    source_filter: SourceFilter
+    source_filter: SourceFilter | None
 
     def on_terminal(self, tasks: list[Task]) -> None:
         """Forward the reports of these last-stage outputs (acknowledged, batched)."""
@@ -37,6 +48,31 @@ class CompletionTracker(Protocol):
     def close(self, success: bool) -> None:
         """Flush what is buffered and release the ledger; log the summary."""
         ...
+
+
+class NoTracker:
+    """The tracker of a run without a checkpoint: tracks nothing, and every call is a no-op."""
+
+    tracking = False
+    source_filter: SourceFilter | None = None
+
+    def on_terminal(self, tasks: list[Task]) -> None:
+        pass
+
+    def close(self, success: bool) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "NO_TRACKER"
+
+
+#: The one ``NoTracker`` (it holds no state).
+NO_TRACKER = NoTracker()
+
+
+def is_tracking(tracker: CompletionTracker) -> bool:
+    """Whether ``tracker`` checkpoints the run (true unless it says ``tracking = False``)."""
+    return bool(getattr(tracker, "tracking", True))
 
 
 @dataclass
@@ -72,13 +108,16 @@ class ExecutionPlan:
         ]
         return ExecutionPlan(stages=stages, roles=roles, source_index=source)
 
-    def adapter(self, index: int, tracker: CompletionTracker | None) -> StageAdapter:
+    def adapter(self, index: int, tracker: CompletionTracker | None = None) -> StageAdapter:
+        """The adapter of stage ``index`` for a run with ``tracker`` (``None``: ``NO_TRACKER``)."""
         role = self.roles[index]
+        tracker = tracker if tracker is not None else NO_TRACKER
+        tracking = is_tracking(tracker)
         return StageAdapter(
             self.stages[index],
             role,
-            tracking=tracker is not None,
-            source_filter=tracker.source_filter if tracker is not None and role.is_source else None,
+            tracking=tracking,
+            source_filter=tracker.source_filter if tracking and role.is_source else None,
         )
 
     def initial_tasks(self, initial_tasks: list[Task] | None) -> list[Task]:
@@ -105,6 +144,36 @@ class RunSummary:
 BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change"})
 
 
+def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the unknown keys of ``config`` and listing the known ones.
+
+    ``known`` are the executor's own keys; ``BASE_CONFIG_KEYS`` are always accepted.
+    """
+    accepted = set(known) | BASE_CONFIG_KEYS
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ValueError(f"{owner}: unknown config key(s) {unknown}; known keys: {sorted(accepted)}")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Base of each executor's frozen settings: one field per config key the executor reads.
+
+    ``from_config`` refuses unknown keys; a subclass checks (and normalises) its values in
+    ``__post_init__``, so a settings object that exists is valid. Both raise ``ValueError``
+    when the executor is made, before any run.
+    """
+
+    #: The executor's name in error messages.
+    owner: ClassVar[str] = "executor"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}
+        check_config_keys(cls.owner, config, known)
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
 class BaseExecutor(ABC):
     """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc.
 
@@ -125,14 +194,13 @@ class BaseExecutor(ABC):
         tasks = plan.initial_tasks(initial_tasks)
         start = time.perf_counter()
         with self._runtime(plan):
-            tracker = self._open_tracker(plan) if self.checkpoint is not None else None
+            tracker = self._open_tracker(plan) if self.checkpoint is not None else NO_TRACKER
             ok = False
             try:
                 outputs = self._execute(plan, tasks, tracker)
                 ok = True
             finally:
-                if tracker is not None:
-                    tracker.close(success=ok)
+                tracker.close(success=ok)
         failed = [t for t in outputs if isinstance(t, FailedTask)]
         if failed:
             logger.warning(
@@ -181,5 +249,8 @@ class BaseExecutor(ABC):
         )
 
     @abstractmethod
-    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker | None) -> list[Task]:
-        """Run the plan; return every last-stage output (sentinels included)."""
+    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker) -> list[Task]:
+        """Run the plan; return every last-stage output (sentinels included).
+
+        Every batch of last-stage outputs goes to ``tracker.on_terminal`` as it reaches the driver.
+        """

@@ -1,4 +1,8 @@
-"""Is a recorded process still running? (pure; used by the actor and by inspection)."""
+"""Is the process a ledger record names still running? (pure; used by the actor and by inspection).
+
+The probe itself is ``nemo_curator.utils.processes.pid_alive``; this module knows only the
+records: which host and process wrote them.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +10,9 @@ import os
 import socket
 from typing import Any
 
+from nemo_curator.utils.processes import pid_alive, process_start_time
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (guards against pid reuse), if known."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def pid_alive(pid: int, start_time: int | None = None) -> bool:
-    """Whether ``pid`` runs on this host (and, if ``start_time`` is given, is the same process)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start_time is not None:
-        current = process_start_time(pid)
-        if current is not None and current != start_time:
-            return False
-    return True
+__all__ = ["pid_alive", "process_start_time", "recorded_process_alive", "this_process"]
 
 
 def this_process() -> dict[str, Any]:

@@ -1,9 +1,64 @@
-"""Process-tree helpers (used to simulate a preempted or crashed run)."""
+"""Processes of this machine: is one still running, and killing a whole tree of them.
+
+``pid_alive`` is the one liveness probe of the package (recorded ledger writers, temp files
+of atomic writes, the actor processes a Ray Data run waits for).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (guards against pid reuse), if known."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the state letter follows the parenthesised name
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has finished but not been reaped (``False`` when ``/proc`` cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def pid_alive(pid: int, start_time: int | None = None) -> bool:
+    """Whether process ``pid`` still runs on this machine.
+
+    With ``start_time`` (from ``process_start_time``) a process that reused the pid is not it.
+    A zombie has finished: not running. A process of another user runs. Off POSIX the answer
+    is always ``True``: there ``os.kill(pid, 0)`` does not probe but terminates the process,
+    so callers err on the side of "still running".
+    """
+    if pid <= 0:
+        return False
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass
+    if _zombie(pid):
+        return False
+    if start_time is not None:
+        current = process_start_time(pid)
+        if current is not None and current != start_time:
+            return False
+    return True
 
 
 def kill_process_tree(pid: int) -> int:

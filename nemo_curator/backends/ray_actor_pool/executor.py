@@ -13,6 +13,10 @@ tasks than fit into the batch being formed does the driver fetch it once and que
 one by one (e.g. a 1-to-n fan-out feeding a ``batch_size=1`` stage). Last-stage outputs are
 always fetched: they are the run's result and, with a checkpoint, its completion reports.
 
+Completion reports: the scheduler's own result loop is the channel. Each batch of last-stage
+outputs goes to ``tracker.on_terminal`` the moment ``ray.get`` returns it, in the order the
+driver receives them; no worker talks to the ledger, and credit rides inside the tasks.
+
 Backpressure: each actor has at most ``max_inflight_per_actor`` calls in flight, and a stage
 gets new work only while the next stage's queue holds fewer tasks than the next stage can take
 in one round (``batch_size * actors * max_inflight_per_actor``). Downstream stages are served
@@ -27,20 +31,16 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
 from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
-from nemo_curator.backends.stage_adapter import StageError
+from nemo_curator.backends.errors import error_to_raise
+from nemo_curator.backends.ray_actor_pool.config import ActorPoolSettings
+from nemo_curator.backends.resources import round_down_to_step, scale_cpu_requests
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import Task
-
-if TYPE_CHECKING:
-    from nemo_curator.backends.ray_actor_pool.resumability import TerminalForwarder
-
-#: Ray accepts fractional resource quantities down to this step.
-_RESOURCE_STEP = 1e-4
 
 
 class RayActorPoolExecutor(BaseExecutor):
@@ -61,6 +61,8 @@ class RayActorPoolExecutor(BaseExecutor):
       for every actor of every pool, at least the machine's cores). Ignored when joining a
       running Ray.
 
+    Unknown keys and invalid values are refused (``ValueError``) when the executor is made.
+
     Actors ask Ray for ``stage.resources.cpus`` / ``.gpus`` each. When the pools ask for more
     CPUs than the cluster has, every CPU request is scaled down by the same factor (logged), so
     a run never waits forever for CPUs; more GPUs than the cluster has is an error.
@@ -75,6 +77,10 @@ class RayActorPoolExecutor(BaseExecutor):
 
     name = "ray_actor_pool"
 
+    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+        super().__init__(config=config, checkpoint=checkpoint)
+        self.settings = ActorPoolSettings.from_config(self.config)
+
     def _runtime(self, plan: ExecutionPlan) -> Any:
         from nemo_curator.backends.ray_runtime import ray_runtime
 
@@ -86,33 +92,22 @@ class RayActorPoolExecutor(BaseExecutor):
 
     def _pool_size(self, stage: ProcessingStage) -> int:
         fixed = stage.num_workers()
-        if fixed is not None:
-            n = fixed
-        else:
-            setting = self.config.get("num_actors_per_stage", 1)
-            n = setting.get(stage.name, 1) if isinstance(setting, dict) else setting
+        n = fixed if fixed is not None else self.settings.actors_for(stage.name)
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"stage {stage.name!r}: the number of actors must be a positive int, got {n!r}")
         return n
 
-    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker | None) -> list[Task]:
+    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker) -> list[Task]:
         import ray
 
-        max_inflight = int(self.config.get("max_inflight_per_actor", 2))
-        max_retries = int(self.config.get("max_retries", 3))
-        if max_inflight < 1:
-            raise ValueError(f"max_inflight_per_actor must be >= 1, got {max_inflight}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         counts = [self._pool_size(s) for s in plan.stages]
         cluster = ray.cluster_resources()
         requests = plan_resources(plan.stages, counts, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
-        forwarder: TerminalForwarder | None = None
         start = time.perf_counter()
         pools: list[_Pool] = []
         ok = False
         try:
-            _create_pools(pools, plan, tracker, counts, requests, max_retries)
+            _create_pools(pools, plan, tracker, counts, requests, self.settings.max_retries)
             _start_pools(pools)
             logger.info(
                 "ray_actor_pool: {} stage(s) running with actors {} (startup {:.2f}s)",
@@ -120,11 +115,7 @@ class RayActorPoolExecutor(BaseExecutor):
                 {p.stage.name: len(p.actors) for p in pools},
                 time.perf_counter() - start,
             )
-            if tracker is not None:
-                from nemo_curator.backends.ray_actor_pool.resumability import TerminalForwarder
-
-                forwarder = TerminalForwarder(tracker)
-            outputs = _Scheduler(pools, initial_tasks, max_inflight, forwarder).run()
+            outputs = _Scheduler(pools, initial_tasks, self.settings.max_inflight_per_actor, tracker).run()
             skipped = _close_pools(pools)
             ok = True
         finally:
@@ -133,9 +124,12 @@ class RayActorPoolExecutor(BaseExecutor):
                     ray.kill(actor, no_restart=True)
             if not ok:
                 logger.warning("ray_actor_pool: run failed; all of its actors were killed")
-        if forwarder is not None:
-            forwarder.log_summary(skipped)
-        logger.info("ray_actor_pool: {} last-stage task(s) in {:.2f}s", len(outputs), time.perf_counter() - start)
+        logger.info(
+            "ray_actor_pool: {} last-stage task(s) in {:.2f}s; {} source(s) skipped as already complete",
+            len(outputs),
+            time.perf_counter() - start,
+            skipped,
+        )
         return outputs
 
 
@@ -157,16 +151,17 @@ def plan_resources(
     positive request stays positive). GPU requests are never scaled: too many is a
     ``ValueError`` (an actor that cannot be placed would wait forever).
     """
-    wanted_cpus = sum(n * max(s.resources.cpus, 0.0) for n, s in zip(counts, stages, strict=True))
     wanted_gpus = sum(n * max(s.resources.gpus, 0.0) for n, s in zip(counts, stages, strict=True))
     if wanted_gpus > cluster_gpus + 1e-9:
         raise ValueError(
             f"the actor pools need {wanted_gpus:g} GPU(s) but the Ray cluster has {cluster_gpus:g}; "
             "lower num_actors_per_stage or the stages' Resources(gpus=...)"
         )
-    factor = 1.0
-    if wanted_cpus > cluster_cpus > 0:
-        factor = cluster_cpus / wanted_cpus
+    requests = [max(s.resources.cpus, 0.0) for s in stages]
+    # A cluster that reports no CPUs is left alone rather than scaled down to nothing.
+    scaled, factor = scale_cpu_requests(requests, counts, cluster_cpus) if cluster_cpus > 0 else (requests, 1.0)
+    if factor < 1.0:
+        wanted_cpus = sum(r * n for r, n in zip(requests, counts, strict=True))
         logger.info(
             "ray_actor_pool: the stages ask for {:g} CPU(s) but the cluster has {:g}; scaling every CPU request "
             "by {:.3f}",
@@ -174,14 +169,10 @@ def plan_resources(
             cluster_cpus,
             factor,
         )
-    requests = []
-    for stage in stages:
-        cpus = max(stage.resources.cpus, 0.0) * factor
-        if cpus > 0:
-            cpus = max(_RESOURCE_STEP, math.floor(cpus / _RESOURCE_STEP + 1e-9) * _RESOURCE_STEP)
-            cpus = round(cpus, 4)
-        requests.append(ActorResources(cpus=cpus, gpus=max(stage.resources.gpus, 0.0)))
-    return requests
+    return [
+        ActorResources(cpus=round_down_to_step(cpus), gpus=max(stage.resources.gpus, 0.0))
+        for cpus, stage in zip(scaled, stages, strict=True)
+    ]
 
 
 @dataclass
@@ -202,7 +193,7 @@ class _Pool:
 def _create_pools(
     pools: list[_Pool],
     plan: ExecutionPlan,
-    tracker: CompletionTracker | None,
+    tracker: CompletionTracker,
     counts: list[int],
     requests: list[ActorResources],
     max_retries: int,
@@ -255,16 +246,12 @@ def _get(stage: ProcessingStage, ref: Any) -> Any:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause
-        remote = str(exc)
+        failure: BaseException = exc
     except ray.exceptions.RayActorError as exc:
         raise RuntimeError(
             f"stage {stage.name!r}: a worker died and could not be restarted (max_retries exhausted): {exc}"
         ) from exc
-    if not isinstance(cause, StageError):
-        cause = StageError(stage.name, "<batch>", cause)
-    cause.add_note(f"remote traceback (stage {stage.name!r}):\n{remote}")
-    raise cause
+    raise error_to_raise(failure, where=f"a Ray worker of stage {stage.name!r}", stage_name=stage.name)
 
 
 @dataclass
@@ -295,11 +282,11 @@ class _Scheduler:
         pools: list[_Pool],
         initial_tasks: list[Task],
         max_inflight: int,
-        forwarder: TerminalForwarder | None,
+        tracker: CompletionTracker,
     ) -> None:
         self.pools = pools
         self.max_inflight = max_inflight
-        self.forwarder = forwarder
+        self.tracker = tracker
         self.queues: list[deque[_Piece | Task]] = [deque() for _ in pools]
         self.queued = [0] * len(pools)
         self.queues[0].extend(initial_tasks)
@@ -376,9 +363,9 @@ class _Scheduler:
         self.busy[pool.index] -= 1
         if pool.index == len(self.pools) - 1:
             _, tasks = _get(pool.stage, [count_ref, call.tasks_ref])  # one round trip for both
-            if self.forwarder is not None:
-                self.forwarder.forward(tasks)
-            self.outputs.extend(tasks)
+            if tasks:
+                self.tracker.on_terminal(tasks)
+                self.outputs.extend(tasks)
             return
         count = _get(pool.stage, count_ref)
         if count:

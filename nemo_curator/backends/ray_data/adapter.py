@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from loguru import logger
@@ -141,43 +141,9 @@ def iter_task_batches(dataset: ray.data.Dataset) -> Iterator[list[Task]]:
 
     Empty blocks (a stage that filtered everything) are skipped; packed rows are unpacked.
     No prefetching: with Ray's default of one batch ahead, a finished block reached the driver
-    only once the next one had (B1, 2,000 sources: file written to task on the driver, median
-    0.32 s; without prefetching 0.045 s, and the same run time).
+    only once the next one had, so each report lagged by a block's processing time (and the
+    run is no faster with it).
     """
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         if batch.num_rows:
             yield decode_tasks(batch)
-
-
-def find_stage_error(exc: BaseException) -> StageError | None:
-    """The adapter's ``StageError`` inside whatever Ray Data wrapped it in, if any.
-
-    Ray re-raises a remote exception as a ``RayTaskError`` subclass that also derives from the
-    original type and keeps the original in ``.cause``; Ray Data may chain it under its own
-    ``UserCodeException``. The innermost plain ``StageError`` is returned: it names the stage
-    and still chains the user's exception as ``__cause__``.
-    """
-    from ray.exceptions import RayError
-
-    found: StageError | None = None
-    for current in exception_chain(exc):
-        if isinstance(current, StageError):
-            found = current
-            if not isinstance(current, RayError):
-                return current
-    return found
-
-
-def exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception linked from it (causes, contexts, Ray's ``.cause``), once each."""
-    seen: set[int] = set()
-    pending: list[Any] = [exc]
-    while pending:
-        current = pending.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        # Ray's ``RayTaskError`` keeps the remote exception in ``.cause``.
-        linked = [getattr(current, "cause", None), current.__cause__, current.__context__]
-        pending.extend(e for e in linked if isinstance(e, BaseException))

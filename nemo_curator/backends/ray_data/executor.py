@@ -7,6 +7,11 @@ task travels in a block of its own, and the last stage's outputs of one call in 
 The driver pulls the last stage's output blocks with a streaming iterator as they finish;
 nothing is materialised stage by stage, so the first outputs (and, with a checkpoint, the
 first completion reports) arrive while earlier stages are still working.
+
+Completion reports need no channel of their own: ids and credit ride inside the tasks, so the
+last stage's blocks *are* the reports. The driver hands each block's tasks (outputs and the
+sentinels carrying filtered or failed credit) to ``tracker.on_terminal`` before it asks for
+the next block; no worker talks to the ledger.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import contextlib
 import copy
 import gc
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -24,24 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from nemo_curator.backends.base import BASE_CONFIG_KEYS, BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.errors import error_to_raise
 from nemo_curator.backends.ray_data.adapter import (
     encode_tasks,
-    exception_chain,
-    find_stage_error,
     iter_task_batches,
     setup_on_node,
     stage_actor_class,
     stage_batch_fn,
 )
+from nemo_curator.backends.ray_data.config import RayDataSettings
+from nemo_curator.backends.resources import RAY_RESOURCE_STEP, scale_cpu_requests
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import Task
+from nemo_curator.utils.processes import pid_alive
 
 if TYPE_CHECKING:
     import ray.data
 
-#: Ray accepts fractional resource quantities down to this step.
-_RESOURCE_STEP = 1e-4
 #: Ray Data names the actors of a class UDF's pool ``MapWorker(<operator>)``.
 _MAP_WORKER_PREFIX = "MapWorker("
 
@@ -53,14 +57,6 @@ _QUIET_LOGGERS = (
     ("ray.data._internal.execution.streaming_executor_state", logging.CRITICAL),
     ("ray.data.exceptions", logging.CRITICAL),
 )
-
-_CONFIG_KEYS = BASE_CONFIG_KEYS | {
-    "actor_pool_size",
-    "show_progress",
-    "preserve_order",
-    "actor_exit_timeout_s",
-    "target_max_block_size",
-}
 
 
 @dataclass(frozen=True)
@@ -103,19 +99,13 @@ def place_stages(
         fixed = stage.num_workers()
         sizes.append((fixed, fixed) if fixed else pool_size)
     wanted = [max(float(s.resources.cpus), 0.0) for s in stages]
-    actor_demand = sum(c * size[1] for c, size in zip(wanted, sizes, strict=True) if size is not None)
-    task_demand = max((c for c, size in zip(wanted, sizes, strict=True) if size is None), default=0.0)
-    demand = actor_demand + task_demand
-    scale = 1.0 if demand <= cluster_cpus else cluster_cpus / demand
-    steps: list[int] = []  # CPU requests in units of Ray's resource step, exact
-    for c in wanted:
-        if c == 0:
-            steps.append(0)
-        elif scale == 1.0:
-            steps.append(max(round(c / _RESOURCE_STEP), 1))
-        else:
-            # Rounded down so that the scaled requests still fit.
-            steps.append(max(math.floor(c * scale / _RESOURCE_STEP), 1))
+    # The demand: every actor at its pool's maximum, and one task of the most demanding task stage.
+    tasks = [i for i, size in enumerate(sizes) if size is None]
+    widest = max(tasks, key=wanted.__getitem__, default=None)
+    counts = [size[1] if size is not None else int(i == widest) for i, size in enumerate(sizes)]
+    scaled, scale = scale_cpu_requests(wanted, counts, cluster_cpus)
+    # CPU requests in units of Ray's resource step, exact (scaled ones are whole steps already).
+    steps = [max(round(c / RAY_RESOURCE_STEP), 1) if c > 0 else 0 for c in scaled]
     for i in range(1, len(steps)):
         if sizes[i - 1] is None and steps[i] == steps[i - 1]:
             steps[i] = steps[i] - 1 if steps[i] > 1 else steps[i] + 1
@@ -126,7 +116,7 @@ def place_stages(
             raise ValueError(
                 f"stage {stage.name!r} asks for {gpus:g} GPU(s) per worker but the Ray cluster has {cluster_gpus:g}"
             )
-        cpus = round(step * _RESOURCE_STEP, 4)
+        cpus = round(step * RAY_RESOURCE_STEP, 4)
         placements.append(StagePlacement(name=stage.name, actors=size, num_cpus=cpus, num_gpus=gpus))
     return placements, scale
 
@@ -147,8 +137,8 @@ class RayDataExecutor(BaseExecutor):
       actors of its pools to exit.
     - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
       default puts every task in a block of its own (see Dataflow). Pipelines of many small
-      tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``): B1
-      at 2,000 sources took about 6 s instead of about 30 s on 2 CPUs. The price is coarser
+      tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``;
+      measurements in the benchmarks' RESULTS). The price is coarser
       streaming: a block moves on, and its outputs reach the driver (and the checkpoint), only
       once its whole task has finished, and a fan-out's children stay in their parent's block.
 
@@ -186,27 +176,19 @@ class RayDataExecutor(BaseExecutor):
 
     def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
         super().__init__(config, checkpoint)
-        unknown = sorted(set(self.config) - _CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"RayDataExecutor: unknown config key(s) {unknown}; known keys: {sorted(_CONFIG_KEYS)}")
-        self._pool_size = _pool_size(self.config.get("actor_pool_size", 1))
-        timeout = self.config.get("actor_exit_timeout_s", 30.0)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-            raise ValueError(f"RayDataExecutor: actor_exit_timeout_s must be a number >= 0, got {timeout!r}")
-        self._actor_exit_timeout_s = float(timeout)
-        block = self.config.get("target_max_block_size", 1)
-        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-            raise ValueError(f"RayDataExecutor: target_max_block_size must be an int >= 1 (bytes), got {block!r}")
-        self._target_max_block_size = block
+        self.settings = RayDataSettings.from_config(self.config)
 
     # -- the run ----------------------------------------------------------------------------
 
-    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker | None) -> list[Task]:
+    def _execute(self, plan: ExecutionPlan, initial_tasks: list[Task], tracker: CompletionTracker) -> list[Task]:
         import ray
 
         resources = ray.cluster_resources()
         placements, scale = place_stages(
-            plan.stages, self._pool_size, float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+            plan.stages,
+            self.settings.actor_pool_size,
+            float(resources.get("CPU", 0.0)),
+            float(resources.get("GPU", 0.0)),
         )
         if scale < 1.0:
             logger.info(
@@ -220,7 +202,7 @@ class RayDataExecutor(BaseExecutor):
         try:
             outputs = self._stream(plan, initial_tasks, tracker, placements)
         except Exception as exc:
-            failure = _caller_error(exc)
+            failure = error_to_raise(exc, where="a Ray worker")
         self._await_actor_exit(before)
         if failure is not None:
             # Raised here, outside the handler, so that it does not chain Ray Data's wrapper as
@@ -232,18 +214,15 @@ class RayDataExecutor(BaseExecutor):
         self,
         plan: ExecutionPlan,
         initial_tasks: list[Task],
-        tracker: CompletionTracker | None,
+        tracker: CompletionTracker,
         placements: list[StagePlacement],
     ) -> list[Task]:
         with self._data_context():
             self._setup_on_nodes(plan, tracker)
             dataset = self._build(plan, initial_tasks, tracker, placements)
-            if tracker is not None:
-                from nemo_curator.backends.ray_data.resumability import consume_with_tracker
-
-                return consume_with_tracker(dataset, tracker)
             outputs: list[Task] = []
-            for batch in iter_task_batches(dataset):
+            for batch in iter_task_batches(dataset):  # each finished block, as it reaches the driver
+                tracker.on_terminal(batch)
                 outputs.extend(batch)
             return outputs
 
@@ -251,7 +230,7 @@ class RayDataExecutor(BaseExecutor):
         self,
         plan: ExecutionPlan,
         initial_tasks: list[Task],
-        tracker: CompletionTracker | None,
+        tracker: CompletionTracker,
         placements: list[StagePlacement],
     ) -> ray.data.Dataset:
         import ray.data
@@ -282,7 +261,7 @@ class RayDataExecutor(BaseExecutor):
                 dataset = dataset.map_batches(stage_actor_class(adapter, pack), compute=pool, **options)
         return dataset
 
-    def _setup_on_nodes(self, plan: ExecutionPlan, tracker: CompletionTracker | None) -> None:
+    def _setup_on_nodes(self, plan: ExecutionPlan, tracker: CompletionTracker) -> None:
         """``setup_on_node`` once per stage that defines it and alive node, before the run."""
         stages = [i for i, s in enumerate(plan.stages) if type(s).setup_on_node is not ProcessingStage.setup_on_node]
         if not stages:
@@ -308,7 +287,7 @@ class RayDataExecutor(BaseExecutor):
         """A private Ray Data context for the datasets built inside (the user's is restored)."""
         from ray.data import DataContext
 
-        show = bool(self.config.get("show_progress", False))
+        show = self.settings.show_progress
         original = DataContext.get_current()
         ctx = copy.deepcopy(original)
         ctx.enable_progress_bars = show
@@ -319,7 +298,7 @@ class RayDataExecutor(BaseExecutor):
         # workers, and each finished task streams on at once (the granularity of the other
         # executors). Every block costs the driver's scheduling loop, so many small tasks run
         # faster with larger blocks (``target_max_block_size`` in the config).
-        ctx.target_max_block_size = self._target_max_block_size
+        ctx.target_max_block_size = self.settings.target_max_block_size
         # The adapter's StageError must reach the driver as such, and an application error
         # must fail the run: no retries, no skipped blocks.
         ctx.raise_original_map_exception = True
@@ -327,7 +306,7 @@ class RayDataExecutor(BaseExecutor):
         ctx.actor_task_retry_on_errors = False
         ctx.retried_map_errors = False
         ctx.max_map_retries = 0
-        ctx.execution_options.preserve_order = bool(self.config.get("preserve_order", False))
+        ctx.execution_options.preserve_order = self.settings.preserve_order
         levels: list[tuple[logging.Logger, int]] = []
         if not show:
             for name, level in _QUIET_LOGGERS:
@@ -352,7 +331,7 @@ class RayDataExecutor(BaseExecutor):
             return
         import ray
 
-        timeout = self._actor_exit_timeout_s
+        timeout = self.settings.actor_exit_timeout_s
         deadline = time.monotonic() + timeout
         here = ray.get_runtime_context().get_node_id()
         gc.collect()  # a failed stream can leave the executor (and its actor handles) in a cycle
@@ -363,7 +342,7 @@ class RayDataExecutor(BaseExecutor):
             left = [
                 a
                 for a in actors.values()
-                if a.actor_id not in before and (a.state != "DEAD" or (a.node_id == here and _process_running(a.pid)))
+                if a.actor_id not in before and (a.state != "DEAD" or (a.node_id == here and pid_alive(a.pid)))
             ]
             if not left:
                 return
@@ -375,19 +354,6 @@ class RayDataExecutor(BaseExecutor):
 
 def _batch_size(stage: ProcessingStage) -> int:
     return max(int(stage.batch_size or 1), 1)
-
-
-def _pool_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return (value, value)
-    if (
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        and 1 <= value[0] <= value[1]
-    ):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"RayDataExecutor: actor_pool_size must be an int >= 1 or (min, max), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -419,64 +385,3 @@ def _pool_actors() -> dict[str, _PoolActor] | None:
         for actor_id, info in table.items()
         if str(info.get("ActorClassName", "")).startswith(_MAP_WORKER_PREFIX)
     }
-
-
-def _process_running(pid: int) -> bool:
-    """Whether process ``pid`` of this machine still runs (a zombie has finished)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # The state letter follows the parenthesised command name.
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _caller_error(exc: Exception) -> Exception:
-    """The exception the caller gets for a failed stream.
-
-    A failure inside a worker arrives wrapped by Ray (``RayTaskError``) and Ray Data; the caller
-    gets the worker's own exception instead (the adapter's ``StageError``, which names the stage
-    and chains the user's exception), with the remote traceback attached as a note. Ray Data's
-    wrappers are dropped: their tracebacks reach into its scheduler's frames, which hold the
-    executor and with it the handles of the run's actors, which must be released for the actors
-    to exit. For the same reason the frames of any other failure are cleared (their source lines
-    still print).
-    """
-    from ray.exceptions import RayTaskError
-
-    chain = list(exception_chain(exc))
-    remote = next((link for link in chain if isinstance(link, RayTaskError)), None)
-    original: Exception | None = find_stage_error(exc)
-    if original is None and remote is not None and isinstance(remote.cause, Exception):
-        original = remote.cause
-    if original is not None and original is not exc:
-        if remote is not None:
-            # The dual-class wrapper renders as Ray's report: where the worker ran, and its traceback.
-            original.add_note(f"raised in a Ray worker:\n{remote}")
-        return original
-    _clear_frames(chain)
-    return exc
-
-
-def _clear_frames(chain: list[BaseException]) -> None:
-    """Drop the local variables of the finished frames these exceptions' tracebacks reach."""
-    for link in chain:
-        tb = link.__traceback__
-        while tb is not None:
-            frame: Any = tb.tb_frame
-            while frame is not None:
-                with contextlib.suppress(RuntimeError):  # a frame that is still executing
-                    frame.clear()
-                frame = frame.f_back
-            tb = tb.tb_next

@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from nemo_curator.utils.processes import pid_alive
+
 #: Temp files older than this are removed whoever wrote them.
 DEFAULT_MAX_AGE_S = 24 * 3600.0
 
@@ -53,20 +55,6 @@ def temp_name(final_name: str) -> str:
     return f".{final_name}.tmp-{writer_identity()}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
 
 
-def _pid_runs(pid: int) -> bool:
-    if os.name != "posix":  # elsewhere os.kill(pid, 0) would not probe but terminate: assume it runs
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # runs, as another user
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
 def is_stale(name: str, age_s: float, max_age_s: float = DEFAULT_MAX_AGE_S) -> bool:
     """Whether the temp file ``name``, ``age_s`` seconds old, can no longer be written by anyone.
 
@@ -77,7 +65,7 @@ def is_stale(name: str, age_s: float, max_age_s: float = DEFAULT_MAX_AGE_S) -> b
         return False
     if age_s > max_age_s:
         return True
-    return match["writer"] == writer_identity() and not _pid_runs(int(match["pid"]))
+    return match["writer"] == writer_identity() and not pid_alive(int(match["pid"]))
 
 
 def sweep_stale_temp_files(directory: str, max_age_s: float = DEFAULT_MAX_AGE_S) -> list[str]:

@@ -9,19 +9,18 @@ each call's outputs over as one ``OutputPack``, because xenna fetches sink items
   caller's thread);
 - the initial tasks go in as the spec's ``input_data``, which xenna queues all at once; the
   source queue gets only ``None``, the close signal. (xenna reads the source queue one item
-  per main-loop iteration, at most 100 per second: 4,000 initial tasks fed that way took 43 s
-  against 15 s without a checkpoint.) With ``serving_drain_on_close`` xenna finishes
-  everything it read before it returns;
-- the caller's thread drains the sink and hands the tasks to ``tracker.on_terminal`` in
-  batches: whatever has arrived when it looks (a batch goes as soon as it holds
-  ``report_batch_size`` tasks), or, with ``report_interval_s`` > 0, whatever arrived within
-  that time of a batch's first task. It returns all of them at the end.
+  per main-loop iteration, a hundred at most per second, far too slow for many initial
+  tasks.) With ``serving_drain_on_close`` xenna finishes everything it read before it returns;
+- the caller's thread drains the sink and hands what has arrived to ``tracker.on_terminal``
+  in one call: a pack, and the packs already queued behind it while the call holds fewer
+  than ``report_batch_size`` tasks. The tracker batches its ledger commits itself. It
+  returns all of them at the end.
 
 Both queues are plain ``queue.Queue`` objects: the pipeline's main loop runs in this process,
 so nothing needs pickling. If reporting fails (or the caller is interrupted) the sink is
 closed: xenna's next push raises, which stops its loop and its worker pools.
 
-This module is imported only when a tracker is present.
+The executor uses this module only with a tracker that tracks.
 """
 
 from __future__ import annotations
@@ -29,23 +28,19 @@ from __future__ import annotations
 import gc
 import queue
 import threading
-import time
 from typing import Any
 
 from loguru import logger
 
 from nemo_curator.backends.base import CompletionTracker
-from nemo_curator.backends.xenna.executor import (
-    XennaSettings,
-    clear_traceback_frames,
-    pipeline_config,
-    surface_failure,
-)
+from nemo_curator.backends.errors import clear_traceback_frames, error_to_raise
+from nemo_curator.backends.xenna.config import XennaSettings
+from nemo_curator.backends.xenna.pipeline import pipeline_config
 from nemo_curator.tasks import Task
 
 #: How long to wait for xenna's loop to stop after the driver gave up on a run.
 _ABORT_GRACE_S = 30.0
-#: Poll period of the drain loop while no batch is pending (checks the pipeline thread).
+#: Poll period of the drain loop while nothing arrives (checks the pipeline thread).
 _IDLE_POLL_S = 0.2
 
 
@@ -96,48 +91,6 @@ class _PipelineThread:
         self._thread.join(timeout)
 
 
-class _TerminalBatcher:
-    """Groups terminal tasks into batches for ``tracker.on_terminal``."""
-
-    def __init__(self, tracker: CompletionTracker, max_items: int, max_wait_s: float) -> None:
-        self._tracker = tracker
-        self.max_items = max_items
-        self._max_wait_s = max_wait_s
-        self._pending: list[Task] = []
-        self._first_at = 0.0
-        self.batches = 0
-
-    def add_all(self, tasks: list[Task]) -> None:
-        if not tasks:
-            return
-        if not self._pending:
-            self._first_at = time.monotonic()
-        self._pending.extend(tasks)
-        if len(self._pending) >= self.max_items:
-            self.flush()
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def wait_s(self) -> float:
-        """How long the drain loop may block before this batch is due."""
-        if not self._pending:
-            return _IDLE_POLL_S
-        return max(0.0, self._first_at + self._max_wait_s - time.monotonic())
-
-    def flush_if_due(self) -> None:
-        if self._pending and time.monotonic() >= self._first_at + self._max_wait_s:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._tracker.on_terminal(batch)
-        self.batches += 1
-
-
 def run_serving(
     stages: list[Any], settings: XennaSettings, initial_tasks: list[Task], tracker: CompletionTracker
 ) -> list[Task]:
@@ -155,31 +108,22 @@ def run_serving(
         config=config,
         serving_queues=xenna.ServingQueues(source=source, sink=sink),  # type: ignore[arg-type]
     )
-    batcher = _TerminalBatcher(tracker, settings.report_batch_size, settings.report_interval_s)
     outputs: list[Task] = []
+    calls = 0
     runner = _PipelineThread(spec).start()
     try:
         while True:
             finished = not runner.is_alive()  # read before draining: later pushes cannot happen
             try:
-                pack = sink.get_nowait() if finished else sink.get(timeout=batcher.wait_s())
+                pack = sink.get_nowait() if finished else sink.get(timeout=_IDLE_POLL_S)
             except queue.Empty:
                 if finished:
                     break
-                batcher.flush_if_due()
                 continue
-            batcher.add_all(pack.tasks)
-            outputs.extend(pack.tasks)
-            # Take what else has already arrived, so one call carries a burst of outputs.
-            while batcher.pending < batcher.max_items:
-                try:
-                    pack = sink.get_nowait()
-                except queue.Empty:
-                    break
-                batcher.add_all(pack.tasks)
-                outputs.extend(pack.tasks)
-            batcher.flush_if_due()
-        batcher.flush()
+            burst = _take_burst(sink, pack.tasks, settings.report_batch_size)
+            tracker.on_terminal(burst)
+            outputs.extend(burst)
+            calls += 1
     except BaseException:
         sink.close()
         runner.join(_ABORT_GRACE_S)
@@ -194,9 +138,23 @@ def run_serving(
             runner.error = None
         raise
     if runner.error is not None:
-        failure = surface_failure(runner.error)
+        failure = error_to_raise(runner.error, where="a cosmos-xenna worker", unwrap_remote=False)
         runner.error = None
         gc.collect()  # frees the cleared frames' cycles, and with them stray worker handles
         raise failure
-    logger.debug("xenna: {} terminal task(s) reported in {} batch(es)", len(outputs), batcher.batches)
+    logger.debug("xenna: {} terminal task(s) reported in {} call(s)", len(outputs), calls)
     return outputs
+
+
+def _take_burst(sink: queue.Queue, first: list[Task], max_tasks: int) -> list[Task]:
+    """``first`` and the tasks of the packs already queued behind it, while fewer than ``max_tasks``.
+
+    A pack (one last-stage call's outputs) is never split, so a burst may exceed ``max_tasks``.
+    """
+    burst = list(first)
+    while len(burst) < max_tasks:
+        try:
+            burst.extend(sink.get_nowait().tasks)
+        except queue.Empty:
+            break
+    return burst
