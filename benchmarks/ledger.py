@@ -24,11 +24,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.keys import source_key
 from nemo_curator.resumability.ledger import LedgerUpdate, SourceLedger
 from nemo_curator.resumability.report import ReportBatch
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 
 FINGERPRINT = "bench"
 

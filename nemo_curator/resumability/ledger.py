@@ -42,9 +42,9 @@ from itertools import islice
 
 from loguru import logger
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.keys import source_id_from_key, source_key, task_dedup_key
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.tasks.credit import Credit
 
 #: How many recently completed sources' tasks are remembered to recognise late duplicates.
 DEFAULT_RECENT_LIMIT = 16384

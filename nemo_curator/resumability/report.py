@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nemo_curator.resumability.credit import Credit
+from nemo_curator.tasks.credit import Credit
 
 
 @dataclass(frozen=True, slots=True)
