@@ -90,7 +90,7 @@ def measure_throughput(root: Path, n_sources: int, batch_size: int = 5000) -> di
         gc.unfreeze()
     status = store.status()
     store.close()
-    if status["completed_sources"] != n_sources or status["in_flight_sources"] != 0 or status["anomalies"]:
+    if status.completed_sources != n_sources or status.in_flight_sources != 0 or status.anomalies:
         raise RuntimeError(f"benchmark ledger ended in an unexpected state: {status}")
     return {
         "reports": total,
