@@ -1,17 +1,24 @@
-"""The ledger's status and its acknowledgements, as they travel from the store and the actor.
+"""Typed status of a checkpoint's ledger: live (from the store and the actor) and on disk (inspection).
 
 ``CheckpointStore.status()`` builds a ``LedgerStatus``; the ledger actor adds its own counters
 (``sources_seen``, ``sources_skipped``, ``actor_restarted``, ``actor_pid``) and returns it from
 ``status()`` and ``close()``; ``report()`` returns a ``LedgerAck``: the status after the batch
 was committed plus what that batch did. Ray pickles both across the actor boundary.
 
+``CheckpointStatus`` is what a checkpoint directory records, read without Ray by
+``inspect.read_checkpoint_status``; ``inspect.checkpoint_status`` and ``nemo-curator checkpoint
+status --json`` give its ``to_dict()``.
+
 Readers in the framework use attributes. ``to_dict()`` is the JSON form (one key per field);
-``status["completed_sources"]`` also works, for callers and scripts that read the former dicts.
+``status["completed_sources"]`` also works on a ``LedgerStatus``, for callers and scripts that
+read the former dicts.
 
 Invariants:
 - every count is a non-negative int; ``load_seconds`` a non-negative float;
 - the value is immutable: a newer status replaces an older one, it is never updated in place;
-- ``to_dict()`` holds exactly the dataclass fields, each a JSON-serialisable scalar.
+- ``LedgerStatus.to_dict()`` holds exactly the dataclass fields, each a JSON-serialisable scalar;
+  ``CheckpointStatus.to_dict()`` holds its fields, without ``completed`` / ``failed`` when those
+  were not read.
 """
 
 from __future__ import annotations
@@ -94,3 +101,35 @@ class LedgerAck(LedgerStatus):
             newly_failed=len(update.failed),
             batch_anomalies=len(update.anomalies),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointStatus:
+    """What a checkpoint directory records, over all its writer files (see ``inspect.checkpoint_status``).
+
+    ``completed_sources`` .. ``revoked_sources`` count sources; ``writers`` holds one summary dict
+    per run, oldest first; ``fingerprint`` is the most recent run's; ``created`` / ``updated`` are
+    ISO times (``None`` without runs). ``completed`` (sorted ids) and ``failed`` ({id: reason})
+    are ``None`` when the ids were not read.
+    """
+
+    checkpoint: str
+    format_version: int
+    fingerprint: str | None
+    created: str | None
+    updated: str | None
+    completed_sources: int
+    failed_sources: int
+    in_flight_sources: int
+    revoked_sources: int
+    writers: list[dict[str, Any]]
+    completed: list[str] | None = None
+    failed: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: one key per field, ``completed`` and ``failed`` only when they were read."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("completed", "failed"):
+            if out[key] is None:
+                del out[key]
+        return out
