@@ -24,11 +24,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.keys import source_key
 from nemo_curator.resumability.ledger import LedgerUpdate, SourceLedger
 from nemo_curator.resumability.report import ReportBatch
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 
 FINGERPRINT = "bench"
 
@@ -90,7 +90,7 @@ def measure_throughput(root: Path, n_sources: int, batch_size: int = 5000) -> di
         gc.unfreeze()
     status = store.status()
     store.close()
-    if status["completed_sources"] != n_sources or status["in_flight_sources"] != 0 or status["anomalies"]:
+    if status.completed_sources != n_sources or status.in_flight_sources != 0 or status.anomalies:
         raise RuntimeError(f"benchmark ledger ended in an unexpected state: {status}")
     return {
         "reports": total,

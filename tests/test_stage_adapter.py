@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from nemo_curator.backends.base import ExecutionPlan
 from nemo_curator.backends.stage_adapter import StageError
-from nemo_curator.resumability.credit import Credit, merge_lineages
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import EmptyTask, FailedTask, FileGroupTask, NoneTask, Task
+from nemo_curator.tasks.credit import Credit, merge_lineages
 
 
 @dataclass(repr=False)

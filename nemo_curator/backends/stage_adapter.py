@@ -203,7 +203,7 @@ class StageAdapter:
         base = _digest("merge\x00" + json.dumps(sorted(p.task_id for p in parents)))
         lineage = None
         if self.tracking:
-            from nemo_curator.resumability.credit import merge_lineages
+            from nemo_curator.tasks.credit import merge_lineages
 
             lineage = merge_lineages([p._lineage or {} for p in parents])
         outputs = self._assign(base, lineage, slots, force_suffix=True)
@@ -237,7 +237,7 @@ class StageAdapter:
             return [child for _, child in live]
         if self.role.is_source:
             for _, child in live:
-                from nemo_curator.resumability.credit import Credit
+                from nemo_curator.tasks.credit import Credit
 
                 child._lineage = {child.task_id: Credit.one()}
             return [child for _, child in live]
@@ -248,7 +248,7 @@ class StageAdapter:
             sentinel.task_id = f"{parent_id}_f"
             sentinel._lineage = lineage
             return [sentinel]
-        from nemo_curator.resumability.credit import split_lineage
+        from nemo_curator.tasks.credit import split_lineage
 
         for (_, child), share in zip(live, split_lineage(lineage, len(live)), strict=True):
             child._lineage = share

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from nemo_curator.resumability.layout import new_writer_id
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.resumability.status import LedgerAck, LedgerStatus
 from nemo_curator.resumability.store import CheckpointStore, preflight
 
 NAMESPACE = "nemo_curator"
@@ -129,17 +130,10 @@ class LedgerActor:
     def owner(self) -> dict[str, Any]:
         return {**self._owner, "actor_pid": os.getpid()}
 
-    def report(self, batch: ReportBatch, sender: str, seq: int) -> dict[str, Any]:
+    def report(self, batch: ReportBatch, sender: str, seq: int) -> LedgerAck:
         """Apply and commit one batch; returns the acknowledgement (after the LMDB commit)."""
-        counters = {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
-        update = self._store.apply(batch, sender=sender, seq=seq, meta=counters)
-        ack = self.status()
-        ack["seq"] = seq
-        ack["duplicate_batch"] = update is None
-        ack["newly_completed"] = 0 if update is None else len(update.completed)
-        ack["newly_failed"] = 0 if update is None else len(update.failed)
-        ack["batch_anomalies"] = 0 if update is None else len(update.anomalies)
-        return ack
+        update = self._store.apply(batch, sender=sender, seq=seq, meta=self._counters())
+        return LedgerAck.of(self.status(), seq=seq, update=update)
 
     def completed(self, source_ids: list[str]) -> list[str]:
         """The ids among ``source_ids`` that are complete (for the source stage)."""
@@ -148,21 +142,26 @@ class LedgerActor:
         self._sources_skipped += len(done)
         return done
 
-    def status(self) -> dict[str, Any]:
-        status = self._store.status()
-        status["sources_seen"] = self._sources_seen
-        status["sources_skipped"] = self._sources_skipped
-        status["actor_restarted"] = self._reconstructed
-        status["actor_pid"] = os.getpid()
-        return status
+    def status(self) -> LedgerStatus:
+        """The store's status with this actor's counters."""
+        return replace(
+            self._store.status(),
+            sources_seen=self._sources_seen,
+            sources_skipped=self._sources_skipped,
+            actor_restarted=self._reconstructed,
+            actor_pid=os.getpid(),
+        )
 
-    def close(self) -> dict[str, Any]:
+    def close(self) -> LedgerStatus:
         """Record the counters, close the store and return the final status."""
-        counters = {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
         status = self.status()
-        self._store.commit(LedgerUpdate(), meta=counters)
+        self._store.commit(LedgerUpdate(), meta=self._counters())
         self._store.close()
         return status
+
+    def _counters(self) -> dict[str, int]:
+        """The actor's counters, recorded in the writer file's metadata with each commit."""
+        return {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
 
 
 @functools.cache
@@ -274,7 +273,7 @@ class LedgerHandle:
         self._lock = threading.Lock()
         self._closed = False
         self._startup: Any = None
-        self._ready: dict[str, Any] | None = None
+        self._ready: LedgerStatus | None = None
 
     @classmethod
     def open(
@@ -333,7 +332,7 @@ class LedgerHandle:
             handle.wait_ready()
         return handle
 
-    def wait_ready(self) -> dict[str, Any]:
+    def wait_ready(self) -> LedgerStatus:
         """Block until the actor has loaded the checkpoint; its status then. Idempotent.
 
         Raises ``CheckpointError`` (and stops the actor) when it could not start.
@@ -358,11 +357,11 @@ class LedgerHandle:
         logger.info(
             "ledger for checkpoint {}: {} source(s) complete, {} failed; run {} (actor {}, loaded in {:.2f} s)",
             self.checkpoint,
-            status["completed_sources"],
-            status["failed_sources"],
+            status.completed_sources,
+            status.failed_sources,
             self.writer_id,
             self.name,
-            status["load_seconds"],
+            status.load_seconds,
         )
         return status
 
@@ -373,11 +372,11 @@ class LedgerHandle:
             raise LedgerUnavailableError(f"the ledger handle for checkpoint {self.checkpoint} is closed")
         return self._actor
 
-    def report(self, reports: Iterable[Report] | ReportBatch) -> dict[str, Any]:
+    def report(self, reports: Iterable[Report] | ReportBatch) -> LedgerAck:
         """Send one batch and block until it is committed; returns the actor's acknowledgement.
 
         The acknowledgement holds the ledger's status plus ``seq``, ``duplicate_batch``,
-        ``newly_completed``, ``newly_failed`` and ``batch_anomalies``.
+        ``newly_completed``, ``newly_failed`` and ``batch_anomalies`` (see ``LedgerAck``).
         """
         batch = reports if isinstance(reports, ReportBatch) else ReportBatch.from_reports(reports)
         with self._lock:
@@ -406,8 +405,8 @@ class LedgerHandle:
             )
         )
 
-    def status(self) -> dict[str, Any]:
-        """The ledger's counters (JSON-serialisable), see ``CheckpointStore.status``."""
+    def status(self) -> LedgerStatus:
+        """The ledger's counters, see ``LedgerStatus``."""
         actor = self._require_open()
         return _call_with_retry(
             lambda: actor.status.remote(), what="status", checkpoint=str(self.checkpoint), timeout_s=self.timeout_s
@@ -422,7 +421,7 @@ class LedgerHandle:
         """The Ray actor handle (for tests and diagnostics)."""
         return self._actor
 
-    def close(self) -> dict[str, Any] | None:
+    def close(self) -> LedgerStatus | None:
         """Close the store, stop the actor and return its final status; the LMDB file stays.
 
         Idempotent. When the actor is already gone this returns ``None`` (what it acknowledged is

@@ -42,9 +42,9 @@ from itertools import islice
 
 from loguru import logger
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.keys import source_id_from_key, source_key, task_dedup_key
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.tasks.credit import Credit
 
 #: How many recently completed sources' tasks are remembered to recognise late duplicates.
 DEFAULT_RECENT_LIMIT = 16384
@@ -172,6 +172,7 @@ class _InFlight:
         self.mark = 0
 
     def add(self, num: int, exp: int) -> None:
+        """Add ``num / 2**exp`` exactly; the running exponent never decreases."""
         e = self.exp
         if exp == e:
             self.num += num
@@ -354,7 +355,7 @@ class SourceLedger:
                 st.batch = upd
                 st.mark = len(seen)
                 touched.append(st)
-            packed = (num << _EXP_BITS) | exp  # pack_credit, inlined
+            packed = pack_credit(num, exp)
             prev = seen.setdefault(tkey, packed)
             if prev is not packed:
                 if _same_credit(prev, packed):
@@ -364,15 +365,7 @@ class SourceLedger:
                     self._anomaly(NONDETERMINISTIC, sid, tkey, detail, upd)
                     self._fail(sid, st, upd)
                 continue
-            # Inline exact addition (hot path): the running sum is num / 2**exp, exp never decreasing.
-            e = st.exp
-            if exp == e:
-                st.num += num
-            elif exp < e:
-                st.num += num << (e - exp)
-            else:
-                st.num = (st.num << (exp - e)) + num
-                st.exp = exp
+            st.add(num, exp)
             applied += 1
             if st.num >= 1 << st.exp:
                 self._settle(sid, st, tkey, upd, batch_completed)
@@ -385,7 +378,7 @@ class SourceLedger:
             st.persisted = True
             key = st.key
             for tkey, packed in islice(st.seen.items(), st.mark, None):
-                added.append((key, tkey, packed >> _EXP_BITS, packed & _EXP_MASK))
+                added.append((key, tkey, *unpack_credit(packed)))
         upd.applied = applied
         upd._set_completed(batch_completed)
         stats = self.stats

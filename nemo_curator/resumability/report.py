@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nemo_curator.resumability.credit import Credit
+from nemo_curator.tasks.credit import Credit
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,8 @@ class ReportBatch:
     """Reports as parallel columns: the compact, exact wire form for the ledger actor.
 
     Row ``i`` is ``(source_ids[i], task_ids[i], Credit(nums[i], exps[i]), failures.get(i))``.
-    Credits travel as two integers (never floats); pickling four flat lists is about 20 times
-    cheaper than pickling ``Report`` objects one by one.
+    Credits travel as two integers (never floats); four flat lists pickle far cheaper than
+    ``Report`` objects one by one.
     """
 
     source_ids: list[str]

@@ -66,6 +66,7 @@ from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate,
 from nemo_curator.resumability.liveness import this_process
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.scan import WriterInfo, current_writer, iso_time, scan_checkpoint, writer_infos
+from nemo_curator.resumability.status import LedgerStatus
 
 #: Longest failure reason stored (characters).
 MAX_REASON_CHARS = 4000
@@ -455,28 +456,28 @@ class CheckpointStore:
     def completed(self, source_ids: Iterable[str]) -> list[str]:
         return self.ledger.completed_among(source_ids)
 
-    def status(self) -> dict[str, Any]:
-        """Counters of this writer and its ledger (JSON-serialisable)."""
+    def status(self) -> LedgerStatus:
+        """Counters of this writer and its ledger (``to_dict()`` for JSON)."""
         ledger = self.ledger
         stats = ledger.stats
-        return {
-            "checkpoint": str(self.checkpoint),
-            "writer_id": self.writer_id,
-            "fingerprint": self.fingerprint,
-            "completed_sources": ledger.completed_count,
-            "completed_this_run": self._own_completed_at_load + stats.completed,
-            "failed_sources": len(self._failed_open),
-            "failed_this_run": ledger.failed_this_run_count,
-            "in_flight_sources": ledger.in_flight_count,
-            "reports": stats.reports,
-            "applied": stats.applied,
-            "duplicates": stats.duplicates,
-            "ignored": stats.ignored,
-            "anomalies": stats.anomalies,
-            "commits": self.commits,
-            "load_seconds": self.load_seconds,
-            "other_writers": self.other_writers,
-        }
+        return LedgerStatus(
+            checkpoint=str(self.checkpoint),
+            writer_id=self.writer_id,
+            fingerprint=self.fingerprint,
+            completed_sources=ledger.completed_count,
+            completed_this_run=self._own_completed_at_load + stats.completed,
+            failed_sources=len(self._failed_open),
+            failed_this_run=ledger.failed_this_run_count,
+            in_flight_sources=ledger.in_flight_count,
+            reports=stats.reports,
+            applied=stats.applied,
+            duplicates=stats.duplicates,
+            ignored=stats.ignored,
+            anomalies=stats.anomalies,
+            commits=self.commits,
+            load_seconds=self.load_seconds,
+            other_writers=self.other_writers,
+        )
 
     def close(self) -> None:
         """Mark the file closed and release it; what was committed stays."""

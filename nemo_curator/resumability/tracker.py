@@ -14,12 +14,13 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from nemo_curator.resumability.report import Report
+from nemo_curator.resumability.status import LedgerStatus
 from nemo_curator.tasks import FailedTask, Task
 
 if TYPE_CHECKING:
@@ -29,14 +30,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrackerCounts:
-    """What this run's tracker has seen and the ledger has acknowledged."""
+    """What this run's tracker has seen and the ledger has acknowledged.
+
+    ``status`` is the ledger's latest status or acknowledgement (``None`` until the ledger is ready).
+    """
 
     reports_sent: int = 0
     ledger_calls: int = 0
     terminal_tasks: int = 0
     failed_tasks: int = 0
     completed_this_run: int = 0
-    status: dict[str, Any] = field(default_factory=dict)
+    status: LedgerStatus | None = None
 
 
 def reports_for(tasks: list[Task]) -> list[Report]:
@@ -180,13 +184,13 @@ class LedgerTracker:
         try:
             status = self.handle.wait_ready()
             with self._cond:
-                self.counts.status.update(status)
-                self._completed_at_start = int(status.get("completed_sources", 0))
+                self.counts.status = status
+                self._completed_at_start = status.completed_sources
             logger.info(
                 "checkpoint {}: {} source(s) already complete, {} failed earlier",
                 self.checkpoint,
                 self._completed_at_start,
-                status.get("failed_sources", 0),
+                status.failed_sources,
             )
             while True:
                 with self._cond:
@@ -203,8 +207,8 @@ class LedgerTracker:
                     self._sending = 0
                     self.counts.reports_sent += len(batch)
                     self.counts.ledger_calls += 1
-                    if isinstance(ack, dict):
-                        self.counts.status.update(ack)
+                    if isinstance(ack, LedgerStatus):
+                        self.counts.status = ack
                     self._cond.notify_all()
                 self._progress()
                 # At most one call per min_interval_s (new reports notify the condition, so
@@ -222,9 +226,11 @@ class LedgerTracker:
 
     def _progress(self, final: bool = False) -> None:
         status = self.counts.status
-        done = int(status.get("completed_sources", 0))
-        total = int(status.get("sources_seen", 0)) or None
-        skipped = int(status.get("sources_skipped", 0))
+        if status is None:
+            return
+        done = status.completed_sources
+        total = status.sources_seen or None
+        skipped = status.sources_skipped
         if total and not self._announced:
             self._announced = True
             logger.info("resuming: {} of {} sources already complete", skipped, total)
@@ -250,13 +256,13 @@ class LedgerTracker:
                 self._cond.notify_all()
             self._sender.join()
             self._raise_error()
-            self.counts.status.update(self.handle.status())
+            status = self.handle.status()
+            self.counts.status = status
         finally:
             if self._bar is not None:
                 self._bar.close()
             self.handle.close()
-        status = self.counts.status
-        done = int(status.get("completed_sources", 0))
+        done = status.completed_sources
         self.counts.completed_this_run = done - (self._completed_at_start or 0)
         logger.info(
             "checkpoint {}: {} source(s) complete ({} in this run, {} skipped as already complete), "
@@ -264,8 +270,8 @@ class LedgerTracker:
             self.checkpoint,
             done,
             self.counts.completed_this_run,
-            status.get("sources_skipped", 0),
-            status.get("failed_sources", 0),
-            status.get("in_flight_sources", 0),
+            status.sources_skipped,
+            status.failed_sources,
+            status.in_flight_sources,
             "" if success else " (the run did not finish: rerun the same command to resume)",
         )

@@ -10,10 +10,9 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from nemo_curator.resumability.credit import Credit
+from nemo_curator.tasks.credit import Credit
 
 T = TypeVar("T")
 

@@ -19,9 +19,9 @@ from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
 from nemo_curator.backends.ray_actor_pool.executor import plan_resources
 from nemo_curator.backends.stage_adapter import StageError, source_id_for
 from nemo_curator.pipeline import Pipeline
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task
+from nemo_curator.tasks.credit import Credit
 from tests.backends.actor_pool_stages import (
     AddOne,
     AddThenExplode,

@@ -28,10 +28,10 @@ from nemo_curator.backends.ray_data.adapter import decode_tasks, encode_tasks
 from nemo_curator.backends.ray_data.executor import place_stages
 from nemo_curator.backends.stage_adapter import StageError, source_id_for
 from nemo_curator.pipeline import Pipeline
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import DocumentBatch, FailedTask, NoneTask, Task
+from nemo_curator.tasks.credit import Credit
 from tests.backends.ray_data_stages import (
     AwaitsDriver,
     CountWords,

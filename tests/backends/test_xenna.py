@@ -23,10 +23,10 @@ from nemo_curator.backends.stage_adapter import StageError, source_id_for
 from nemo_curator.backends.xenna import XennaExecutor
 from nemo_curator.backends.xenna.executor import XennaSettings, find_stage_error, fit_cpu_requests
 from nemo_curator.pipeline import Pipeline
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task, is_sentinel
+from nemo_curator.tasks.credit import Credit
 from tests.backends.xenna_stages import (
     AddOne,
     AddThenDouble,

@@ -6,9 +6,9 @@ import random
 import time
 from typing import Any
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 
 
 def writer_sources(index: int, n_own: int, n_shared: int) -> list[str]:

@@ -20,12 +20,12 @@ from nemo_curator.resumability.actor import (
     _start_actor,
     ledger_actor_name,
 )
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError, LedgerUnavailableError
 from nemo_curator.resumability.fingerprint import pipeline_fingerprint
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.liveness import process_start_time, this_process
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.tasks.credit import Credit
 from tests.ray_helpers import wait_actor_dead
 from tests.resumability.fingerprint_stages import PlainStage, ScoreFilter
 from tests.resumability.trees import source_id

@@ -19,12 +19,12 @@ from nemo_curator.resumability.checkpoint import (
     parse_mount_table,
     validate_checkpoint_dir,
 )
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.layout import APP_MARKER, FORMAT_VERSION, encode_meta
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ray import cloudpickle
 
-from nemo_curator.resumability.credit import Credit, merge_lineages, split_lineage
 from nemo_curator.resumability.keys import decode_credit, encode_credit
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.tasks.credit import Credit, merge_lineages, split_lineage
 from tests.resumability.examples import budget
 
 credits = st.builds(Credit.make, st.integers(1, 2**70), st.integers(0, 80)).filter(lambda c: not c.exceeds_one())

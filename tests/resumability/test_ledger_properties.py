@@ -22,7 +22,6 @@ from collections import defaultdict
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_curator.resumability.credit import Credit, merge_lineages, split_lineage
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.ledger import (
     COMPLETED_SOURCE,
@@ -32,6 +31,7 @@ from nemo_curator.resumability.ledger import (
 )
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit, merge_lineages, split_lineage
 from tests.resumability.examples import budget
 from tests.resumability.trees import FAIL, SINK, Expand, Node, has_failure, source_id, tree_reports, trees
 

@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.layout import WriterFile, writer_paths
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 from tests.resumability.multiwriter_worker import run_writer, writer_sources
 
 WRITERS = 4

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.inspect import checkpoint_status, describe_checkpoint
 from nemo_curator.resumability.keys import (
@@ -28,6 +27,7 @@ from nemo_curator.resumability.keys import (
 from nemo_curator.resumability.layout import WriterFile, writer_path
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.tasks.credit import Credit
 from tests.resumability.examples import budget
 from tests.resumability.trees import source_id
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import ray
 
-from nemo_curator.resumability.credit import Credit
 from nemo_curator.resumability.errors import LedgerUnavailableError
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.tracker import LedgerTracker
 from nemo_curator.tasks import NoneTask, Task
+from nemo_curator.tasks.credit import Credit
 from tests.ray_helpers import wait_actor_dead
 from tests.resumability.fingerprint_stages import PlainStage
 from tests.resumability.trees import source_id

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from nemo_curator.resumability.credit import Credit, split_lineage
 from nemo_curator.resumability.report import Report
+from nemo_curator.tasks.credit import Credit, split_lineage
 
 SINK = "sink"
 FAIL = "fail"
