@@ -9,7 +9,7 @@ import pytest
 from nemo_curator.backends.stage_adapter import StageError
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import CompositeStage
-from tests.pipelines_for_tests import (
+from tests.stages import (
     AddOne,
     EmitNumbers,
     FailOn,
