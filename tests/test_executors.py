@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 from nemo_curator.backends.stage_adapter import StageError
+from nemo_curator.demo import EXECUTORS, make_executor
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import CompositeStage
 from tests.stages import (
@@ -18,18 +17,6 @@ from tests.stages import (
     expected_feature_values,
     feature_pipeline,
 )
-
-EXECUTORS = {
-    "xenna": ("nemo_curator.backends.xenna", "XennaExecutor"),
-    "ray_data": ("nemo_curator.backends.ray_data", "RayDataExecutor"),
-    "ray_actor_pool": ("nemo_curator.backends.ray_actor_pool", "RayActorPoolExecutor"),
-}
-
-
-def make_executor(name: str, **kwargs: object):
-    module, cls = EXECUTORS[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
-
 
 _results: dict[str, list[tuple[str, int]]] = {}
 

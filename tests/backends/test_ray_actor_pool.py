@@ -20,6 +20,7 @@ from nemo_curator.pipeline import Pipeline
 from nemo_curator.resumability.credit import Credit
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task
+from tests.ray_helpers import alive_after
 from tests.stages import (
     AddOne,
     Chain,
@@ -55,11 +56,7 @@ def _live_stage_actors() -> list[Any]:
 
 def _assert_no_live_actors(timeout: float = 15.0) -> None:
     """``ray.kill`` is asynchronous: wait (bounded) until no actor of the run is alive."""
-    deadline = time.monotonic() + timeout
-    alive = _live_stage_actors()
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.25)
-        alive = _live_stage_actors()
+    alive = alive_after(_live_stage_actors, timeout, poll_s=0.25)
     assert alive == [], f"actors left alive after the run: {alive}"
 
 

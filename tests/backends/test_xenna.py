@@ -27,6 +27,7 @@ from nemo_curator.resumability.credit import Credit
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task, is_sentinel
+from tests.ray_helpers import alive_after
 from tests.stages import (
     AddOne,
     Chain,
@@ -77,11 +78,7 @@ def alive_stage_workers() -> list[Any]:
 
 
 def assert_no_stage_workers_left(timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    alive = alive_stage_workers()
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = alive_stage_workers()
+    alive = alive_after(alive_stage_workers, timeout_s, poll_s=0.5)
     assert alive == [], f"xenna left {len(alive)} StageWorker actor(s) alive"
 
 
