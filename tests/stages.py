@@ -3,8 +3,9 @@
 Ray workers import stage classes by reference (``tests.stages.X``), and the pipeline
 fingerprint names them so: keep them here, never in a test file or ``__main__``. Stages that
 must leave evidence outside their worker process (setup calls, timestamps, crash markers)
-write small files under a directory the test passes in. Every stage takes its ``name`` (and
-its other knobs) as a keyword, so a test gives a stage the name its assertions use.
+write small files under a directory the test passes in. The dataclass stages take their
+``name`` and other knobs as keywords, so a test gives a stage the name its assertions use; the
+plain-class ones (upstream style, kept on purpose) can be renamed with ``with_(name=...)``.
 
 Number stages default to half a CPU; they keep the task's class (``NumberTask`` or
 ``PositionalNumberTask``), so a source's kind of id survives every stage.
@@ -336,7 +337,8 @@ class FailInActor(OnActors, ProcessingStage[NumberTask, NumberTask]):
 class ReturnsText(OnActors, ProcessingStage[NumberTask, NumberTask]):
     """Runs on actors and returns a string instead of a task."""
 
-    name, resources = "returns_text", SMALL
+    name = "returns_text"
+    resources = SMALL
 
     def process(self, task: NumberTask) -> str:  # type: ignore[override]
         return f"number {task.data}"
