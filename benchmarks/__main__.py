@@ -38,8 +38,9 @@ from loguru import logger
 
 from benchmarks.overhead import B1Settings, OverheadResult, measure_overhead
 from benchmarks.report import render, write_json
+from nemo_curator.backends import registry
 
-EXECUTORS = ("xenna", "ray_data", "ray_actor_pool")
+EXECUTORS = tuple(registry.EXECUTORS)
 SECTIONS = ("overhead", "resume", "ledger", "messages")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).

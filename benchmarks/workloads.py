@@ -2,9 +2,11 @@
 
 ``b1_pipeline(cfg)`` builds it from a ``B1Config``. For ``n`` sources one run writes exactly
 ``2 * n`` files, named ``<task_id>.out`` (task ids are deterministic, so a rerun or a resumed run
-writes the same names). The stages live in this importable module so that Ray workers (and the
-kill-and-resume subprocess) see them as ``benchmarks.workloads.X``: the pipeline fingerprint,
-which includes the stage classes' qualified names, is then the same in every process.
+writes the same names). The source and the fan-out are the test suite's stages (``tests.stages``,
+importable from the repository root like this package); the map and the sink live here. Both
+modules are importable, so Ray workers (and the kill-and-resume subprocess) see the stages as
+``tests.stages.X`` / ``benchmarks.workloads.X``: the pipeline fingerprint, which includes the
+stage classes' qualified names, is then the same in every process.
 
 Invariants:
 - the sink's file appears whole or not at all (temp file, optional fsync, ``os.replace``);
@@ -30,42 +32,14 @@ from nemo_curator.backends.registry import make_executor
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
-from nemo_curator.tasks import EmptyTask, FileGroupTask, Task
+from nemo_curator.tasks import FileGroupTask, Task
+from tests.stages import SMALL, EmitNumbers, FanOut, NumberStage, NumberTask
 
 #: Files written per source: the fan-out makes three children and filters one.
 OUTPUTS_PER_SOURCE = 2
 #: Stages of B1 (source, map, fan-out, sink).
 NUM_STAGES = 4
 OUTPUT_SUFFIX = ".out"
-
-HALF_CPU = Resources(cpus=0.5)
-
-
-@dataclass(repr=False)
-class ItemTask(Task[int]):
-    """One integer item; its deterministic id is the integer, so a source keeps its id across runs."""
-
-    @property
-    def num_items(self) -> int:
-        return 1
-
-    def validate(self) -> bool:
-        return isinstance(self.data, int)
-
-    def get_deterministic_id(self) -> str | None:
-        return f"b1-item-{self.data}"
-
-
-@dataclass
-class EmitSources(ProcessingStage[EmptyTask, ItemTask]):
-    """The source stage: ``count`` sources, one ``ItemTask`` each."""
-
-    count: int = 2000
-    name: str = "b1_source"
-    resources: Resources = field(default_factory=lambda: HALF_CPU)
-
-    def process(self, task: EmptyTask) -> list[ItemTask]:
-        return [ItemTask("b1", i) for i in range(self.count)]
 
 
 def burn_cpu(seconds: float) -> int:
@@ -80,42 +54,30 @@ def burn_cpu(seconds: float) -> int:
     return rounds
 
 
-@dataclass
-class BusyMap(ProcessingStage[ItemTask, ItemTask]):
+@dataclass(kw_only=True)
+class BusyMap(NumberStage):
     """1:1 map that spends ``work_ms`` of CPU time per task (thread CPU time, not wall time)."""
 
     work_ms: float = 1.0
     name: str = "b1_map"
-    resources: Resources = field(default_factory=lambda: HALF_CPU)
 
-    def process(self, task: ItemTask) -> ItemTask:
+    def process(self, task: NumberTask) -> NumberTask:
         burn_cpu(self.work_ms / 1000.0)
-        return ItemTask(task.dataset_name, task.data * 7 + 1)
+        return NumberTask(task.dataset_name, task.data * 7 + 1)
 
 
-@dataclass
-class FanOutDropThird(ProcessingStage[ItemTask, ItemTask]):
-    """1-to-3 fan-out whose third child is filtered (a ``None`` slot): two survivors per input."""
-
-    name: str = "b1_fan_out"
-    resources: Resources = field(default_factory=lambda: HALF_CPU)
-
-    def process(self, task: ItemTask) -> list[ItemTask | None]:
-        return [ItemTask(task.dataset_name, task.data * 3), ItemTask(task.dataset_name, task.data * 3 + 1), None]
-
-
-@dataclass
-class AtomicFileSink(ProcessingStage[ItemTask, FileGroupTask]):
+@dataclass(kw_only=True)
+class AtomicFileSink(ProcessingStage[NumberTask, FileGroupTask]):
     """Writes one small file per task, ``<out_dir>/<task_id>.out``, atomically; records attempts."""
 
     out_dir: str = ""
     attempts_dir: str | None = None
     fsync: bool = True
     name: str = "b1_sink"
-    resources: Resources = field(default_factory=lambda: HALF_CPU)
+    resources: Resources = field(default_factory=lambda: SMALL)
     fingerprint_ignore: tuple[str, ...] = ("out_dir", "attempts_dir", "fsync")
 
-    def process(self, task: ItemTask) -> FileGroupTask:
+    def process(self, task: NumberTask) -> FileGroupTask:
         name = task.task_id + OUTPUT_SUFFIX
         if self.attempts_dir:
             record_attempt(self.attempts_dir, task.task_id)
@@ -191,21 +153,22 @@ def b1_pipeline(cfg: B1Config) -> Pipeline:
     if cfg.attempts_dir:
         os.makedirs(cfg.attempts_dir, exist_ok=True)
     stages: list[ProcessingStage] = [
-        *([] if cfg.initial_tasks else [EmitSources(count=cfg.sources)]),
+        *([] if cfg.initial_tasks else [EmitNumbers(count=cfg.sources, dataset="b1", name="b1_source")]),
         BusyMap(work_ms=cfg.work_ms),
-        FanOutDropThird(),
+        # 1-to-3 fan-out whose third child is filtered (a ``None`` slot): two survivors per input.
+        FanOut(n=3, factor=3, keep=OUTPUTS_PER_SOURCE, name="b1_fan_out"),
         AtomicFileSink(out_dir=cfg.out_dir, attempts_dir=cfg.attempts_dir, fsync=cfg.fsync),
     ]
     if cfg.batch_size > 1:
         for stage in stages:
-            if not isinstance(stage, EmitSources):
+            if not isinstance(stage, EmitNumbers):
                 stage.batch_size = cfg.batch_size
     return Pipeline(name="b1", stages=stages)
 
 
 def b1_initial_tasks(cfg: B1Config) -> list[Task] | None:
     """The tasks ``pipeline.run`` gets: the sources themselves with ``initial_tasks``, else ``None``."""
-    return [ItemTask("b1", i) for i in range(cfg.sources)] if cfg.initial_tasks else None
+    return [NumberTask("b1", i) for i in range(cfg.sources)] if cfg.initial_tasks else None
 
 
 def b1_task_stage_visits(sources: int) -> int:

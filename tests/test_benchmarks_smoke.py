@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from nemo_curator.backends import registry
+
 REPO = Path(__file__).resolve().parents[1]
-EXECUTORS = ["xenna", "ray_data", "ray_actor_pool"]
+EXECUTORS = list(registry.EXECUTORS)
 
 
 def _is_number(value: object) -> bool:

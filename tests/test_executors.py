@@ -8,7 +8,7 @@ from nemo_curator.backends.registry import EXECUTORS, make_executor
 from nemo_curator.backends.stage_adapter import StageError
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import CompositeStage
-from tests.pipelines_for_tests import (
+from tests.stages import (
     AddOne,
     EmitNumbers,
     FailOn,

@@ -8,11 +8,11 @@ import pytest
 
 from nemo_curator.backends.base import ExecutionPlan
 from nemo_curator.pipeline import Pipeline
-from tests.pipelines_for_tests import AddAndFan, AddOne, DoubleInBatches, EmitNumbers, feature_pipeline
+from tests.stages import AddOne, EmitNumbers, MultiplyInBatches, add_and_fan, feature_pipeline
 
 
 def test_add_stage_chains_and_build_expands_composites() -> None:
-    pipeline = Pipeline(name="p").add_stage(EmitNumbers(count=2)).add_stage(AddAndFan()).add_stage(AddOne())
+    pipeline = Pipeline(name="p").add_stage(EmitNumbers(count=2)).add_stage(add_and_fan()).add_stage(AddOne())
     assert [s.name for s in pipeline.build()] == ["emit_numbers", "add_one", "fan_out", "add_one"]
 
 
@@ -33,7 +33,7 @@ def test_marked_source_stage_leaves_earlier_stages_untracked() -> None:
     class MarkedSource(AddOne):
         is_source_stage = True
 
-    plan = ExecutionPlan.from_stages([EmitNumbers(), MarkedSource(), DoubleInBatches()])
+    plan = ExecutionPlan.from_stages([EmitNumbers(), MarkedSource(), MultiplyInBatches()])
     assert [r.tracked for r in plan.roles] == [False, True, True]
     assert plan.source_index == 1
 

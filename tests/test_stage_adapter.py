@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,16 +11,7 @@ from nemo_curator.backends.stage_adapter import StageError
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import EmptyTask, FailedTask, FileGroupTask, NoneTask, Task
 from nemo_curator.tasks.credit import Credit, merge_lineages
-
-
-@dataclass(repr=False)
-class Item(Task[int]):
-    @property
-    def num_items(self) -> int:
-        return 1
-
-    def validate(self) -> bool:
-        return True
+from tests.stages import PositionalNumberTask as Item  # an int without a content id
 
 
 class Emit(ProcessingStage[EmptyTask, Item]):

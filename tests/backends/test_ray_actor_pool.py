@@ -8,13 +8,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nemo_curator.backends.base import ExecutionPlan
 from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
 from nemo_curator.backends.ray_actor_pool.executor import plan_resources
 from nemo_curator.backends.stage_adapter import StageError, source_id_for
@@ -22,21 +20,23 @@ from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task
 from nemo_curator.tasks.credit import Credit
-from tests.backends.actor_pool_stages import (
+from tests.ray_helpers import alive_after
+from tests.stages import (
     AddOne,
-    AddThenExplode,
-    BatchDouble,
-    Boom,
+    Chain,
     CrashOnce,
-    DropMultiplesEmpty,
-    DropMultiplesNone,
-    Explode,
-    FixedFilter,
-    KeyedTask,
-    Numbers,
-    SetupRecorder,
+    DropByEmptyList,
+    DropByNone,
+    EmitNumbers,
+    FailOn,
+    FanOut,
+    FixedSourceFilter,
+    MultiplyInBatches,
+    NumberTask,
+    OffsetAfterSetup,
     SlowStamp,
 )
+from tests.tracking import RecordingTracker, TrackedExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,42 +56,12 @@ def _live_stage_actors() -> list[Any]:
 
 def _assert_no_live_actors(timeout: float = 15.0) -> None:
     """``ray.kill`` is asynchronous: wait (bounded) until no actor of the run is alive."""
-    deadline = time.monotonic() + timeout
-    alive = _live_stage_actors()
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.25)
-        alive = _live_stage_actors()
+    alive = alive_after(_live_stage_actors, timeout, poll_s=0.25)
     assert alive == [], f"actors left alive after the run: {alive}"
 
 
-@dataclass
-class RecordingTracker:
-    """A test-only completion tracker: fixed source filter, records terminal batches with times."""
-
-    source_filter: FixedFilter = field(default_factory=FixedFilter)
-    batches: list[tuple[float, list[Task]]] = field(default_factory=list)
-    closed: list[bool] = field(default_factory=list)
-
-    def on_terminal(self, tasks: list[Task]) -> None:
-        self.batches.append((time.time(), list(tasks)))
-
-    def close(self, success: bool) -> None:
-        self.closed.append(success)
-
-    @property
-    def tasks(self) -> list[Task]:
-        return [t for _, batch in self.batches for t in batch]
-
-
-class TrackedActorPool(RayActorPoolExecutor):
-    """The executor with a test tracker in place of the (not yet wired) checkpoint ledger."""
-
-    def __init__(self, tracker: RecordingTracker, checkpoint: Path, config: dict | None = None) -> None:
-        super().__init__(config=config, checkpoint=checkpoint)
-        self._tracker = tracker
-
-    def _open_tracker(self, plan: ExecutionPlan) -> RecordingTracker:
-        return self._tracker
+class TrackedActorPool(TrackedExecutor, RayActorPoolExecutor):
+    """The executor with a test tracker in place of the checkpoint ledger."""
 
 
 def _expected_mixed() -> list[int]:
@@ -106,12 +76,12 @@ def _mixed_pipeline(log_dir: Path) -> Pipeline:
     return Pipeline(
         "mixed",
         stages=[
-            Numbers(count=8),
+            EmitNumbers(count=8, keyed=False),
             AddOne(),
-            AddThenExplode(),
-            DropMultiplesNone(mod=3),
-            DropMultiplesEmpty(mod=4),
-            BatchDouble(log_dir=str(log_dir), batch_size=3),
+            Chain(name="add_then_explode", parts=(AddOne(name="composite_add"), FanOut(n=2, name="composite_explode"))),
+            DropByNone(mod=3),
+            DropByEmptyList(mod=4, rest=0),
+            MultiplyInBatches(log_dir=str(log_dir), batch_size=3, name="batch_double"),
         ],
     )
 
@@ -143,7 +113,8 @@ def test_map_fanout_filters_batches_composite_identical_across_runs(ray_session,
 
 
 def test_setup_and_teardown_once_per_actor(ray_session, tmp_path: Path) -> None:
-    pipeline = Pipeline("setup", stages=[Numbers(count=6), SetupRecorder(log_dir=str(tmp_path)), AddOne()])
+    recorder = OffsetAfterSetup(offset=0, marker_dir=str(tmp_path), name="setup_recorder")
+    pipeline = Pipeline("setup", stages=[EmitNumbers(count=6, keyed=False), recorder, AddOne()])
     executor = RayActorPoolExecutor(config={"num_actors_per_stage": {"setup_recorder": 2}})
     outputs = pipeline.run(executor)
     assert sorted(t.data for t in outputs) == list(range(1, 7))
@@ -157,7 +128,8 @@ def test_setup_and_teardown_once_per_actor(ray_session, tmp_path: Path) -> None:
 
 
 def test_stage_error_names_stage_keeps_cause_and_kills_actors(ray_session) -> None:
-    pipeline = Pipeline("boom", stages=[Numbers(count=8), AddOne(), Boom(bad=5), AddOne(name="after")])
+    stages = [EmitNumbers(count=8, keyed=False), AddOne(), FailOn(value=5, name="boom"), AddOne(name="after")]
+    pipeline = Pipeline("boom", stages=stages)
     with pytest.raises(StageError) as info:
         pipeline.run(RayActorPoolExecutor())
     err = info.value
@@ -171,7 +143,12 @@ def test_stage_error_names_stage_keeps_cause_and_kills_actors(ray_session) -> No
 def test_killed_worker_is_restarted_and_output_is_exact(ray_session, tmp_path: Path) -> None:
     marker = tmp_path / "crashed"
     # AddOne's one-task outputs reach CrashOnce as object refs, so the retried call re-resolves them.
-    stages = [Numbers(count=8), AddOne(), CrashOnce(marker=str(marker), trigger=4), AddOne(name="after")]
+    stages = [
+        EmitNumbers(count=8, keyed=False),
+        AddOne(),
+        CrashOnce(marker=str(marker), trigger=4),
+        AddOne(name="after"),
+    ]
     outputs = Pipeline("crash", stages=stages).run(RayActorPoolExecutor(config={"max_retries": 2}))
     assert marker.exists(), "the stage never killed its worker"
     assert sorted(t.data for t in outputs) == list(range(2, 10))
@@ -182,7 +159,7 @@ def test_killed_worker_is_restarted_and_output_is_exact(ray_session, tmp_path: P
 def test_worker_dying_beyond_max_retries_fails_the_run_naming_the_stage(ray_session, tmp_path: Path) -> None:
     marker = tmp_path / "crashed"
     crash = CrashOnce(marker=str(marker), trigger=2, always=True, name="always_crash")
-    pipeline = Pipeline("crash", stages=[Numbers(count=4), crash, AddOne()])
+    pipeline = Pipeline("crash", stages=[EmitNumbers(count=4, keyed=False), crash, AddOne()])
     with pytest.raises(RuntimeError, match=r"'always_crash'.*max_retries"):
         pipeline.run(RayActorPoolExecutor(config={"max_retries": 1}))
     assert marker.exists()
@@ -200,9 +177,9 @@ def test_streaming_first_terminal_batch_arrives_before_upstream_is_done(ray_sess
     pipeline = Pipeline(
         "stream",
         stages=[
-            Numbers(count=count),
-            SlowStamp(log_dir=str(tmp_path), tag="mid", delay=0.02, name="mid"),
-            SlowStamp(log_dir=str(tmp_path), tag="last", delay=0.2, name="last"),
+            EmitNumbers(count=count, keyed=False),
+            SlowStamp(log_dir=str(tmp_path), label="mid", seconds=0.02, name="mid"),
+            SlowStamp(log_dir=str(tmp_path), label="last", seconds=0.2, name="last"),
         ],
     )
     outputs = pipeline.run(TrackedActorPool(tracker, checkpoint=tmp_path / "ckpt"))
@@ -229,18 +206,18 @@ def _tracked_pipeline() -> Pipeline:
     return Pipeline(
         "tracked",
         stages=[
-            Numbers(count=6, keyed=True),
-            Explode(k=3),
-            DropMultiplesNone(mod=3),
-            DropMultiplesEmpty(mod=4),
-            Boom(bad=22),
+            EmitNumbers(count=6),
+            FanOut(n=3),
+            DropByNone(mod=3),
+            DropByEmptyList(mod=4, rest=0),
+            FailOn(value=22, name="boom"),
             AddOne(),
         ],
     )
 
 
 def _source_id(value: int) -> str:
-    return source_id_for(KeyedTask(dataset_name="nums", data=value), "", 0)
+    return source_id_for(NumberTask(dataset_name="numbers", data=value), "", 0)
 
 
 def test_tracker_receives_credit_sentinels_failures_and_filter_skips(ray_session, tmp_path: Path) -> None:
@@ -279,7 +256,7 @@ def test_tracker_receives_credit_sentinels_failures_and_filter_skips(ray_session
     assert not returned[_source_id(2)].is_one()  # the failed slot's credit is not returned
 
     skip = _source_id(1)
-    skipping = RecordingTracker(source_filter=FixedFilter(frozenset({skip})))
+    skipping = RecordingTracker(source_filter=FixedSourceFilter(frozenset({skip})))
     outputs = _tracked_pipeline().run(TrackedActorPool(skipping, checkpoint=tmp_path / "ckpt"))
     assert sorted(t.data for t in outputs) == [2, 3, 32, 42, 51]
     assert all(skip not in t._lineage for t in skipping.tasks)
@@ -292,7 +269,7 @@ def test_tracker_receives_credit_sentinels_failures_and_filter_skips(ray_session
 
 def test_plan_resources_scales_cpus_and_refuses_missing_gpus() -> None:
     stages = [
-        Numbers().with_(resources=Resources(cpus=1.0)),
+        EmitNumbers(keyed=False).with_(resources=Resources(cpus=1.0)),
         AddOne().with_(resources=Resources(cpus=2.0)),
         AddOne(name="free").with_(resources=Resources(cpus=0.0)),
     ]
@@ -312,7 +289,7 @@ _OWN_RAY_SCRIPT = textwrap.dedent(
 
     from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
     from nemo_curator.pipeline import Pipeline
-    from tests.backends.actor_pool_stages import AddOne, Explode, Numbers
+    from tests.stages import AddOne, EmitNumbers, FanOut
 
     def descendants():
         children = {}
@@ -348,7 +325,7 @@ _OWN_RAY_SCRIPT = textwrap.dedent(
             return outputs
 
     import ray
-    outputs = Pipeline("own", stages=[Numbers(count=4), Explode(k=2), AddOne()]).run(Probe())
+    outputs = Pipeline("own", stages=[EmitNumbers(count=4, keyed=False), FanOut(n=2), AddOne()]).run(Probe())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(name(p) for p in seen["processes"]):
         time.sleep(0.2)

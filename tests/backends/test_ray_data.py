@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +31,26 @@ from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import DocumentBatch, FailedTask, NoneTask, Task
 from nemo_curator.tasks.credit import Credit
-from tests.backends.ray_data_stages import (
+from tests.stages import (
+    AddOne,
     AwaitsDriver,
     CountWords,
+    DropByNone,
     EmitDocuments,
+    EmitNumbers,
     FailInActor,
     FailingSetup,
-    FixedSourceFilter,
-    HungryActor,
-    MarkedSetup,
-    RecordWorker,
-    ReturnsText,
-)
-from tests.pipelines_for_tests import (
-    AddOne,
-    DropByNone,
-    EmitNumbers,
     FailOn,
     FanOut,
+    FixedSourceFilter,
     NumberTask,
+    OffsetAfterSetup,
+    ReturnsText,
+    SlowStamp,
     expected_feature_values,
     feature_pipeline,
 )
+from tests.tracking import RecordingTracker, TrackedExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,37 +77,13 @@ def _credit_sum(credits: list[Credit]) -> Credit | None:
     return functools.reduce(operator.add, credits) if credits else None
 
 
-@dataclass
-class RecordingTracker:
-    """Test-only completion tracker: a fixed source filter; records terminal batches with times."""
-
-    source_filter: FixedSourceFilter
-    batches: list[tuple[float, list[Task]]]
-    closed: list[bool]
-
-    @staticmethod
-    def skipping(numbers: list[int]) -> RecordingTracker:
-        return RecordingTracker(FixedSourceFilter(frozenset(_source(n) for n in numbers)), [], [])
-
-    def on_terminal(self, tasks: list[Task]) -> None:
-        self.batches.append((time.time(), list(tasks)))
-
-    def close(self, success: bool) -> None:
-        self.closed.append(success)
-
-    def terminal_tasks(self) -> list[Task]:
-        return [t for _, batch in self.batches for t in batch]
+def _skipping(numbers: list[int]) -> RecordingTracker:
+    """A tracker for which the sources of ``numbers`` are complete."""
+    return RecordingTracker.skipping(_source(n) for n in numbers)
 
 
-class TrackedRayDataExecutor(RayDataExecutor):
+class TrackedRayDataExecutor(TrackedExecutor, RayDataExecutor):
     """Runs through the base class's ``execute`` with the test tracker as the checkpoint tracker."""
-
-    def __init__(self, tracker: RecordingTracker, checkpoint: Path, config: dict[str, Any] | None = None) -> None:
-        super().__init__(config=config, checkpoint=checkpoint)
-        self._tracker = tracker
-
-    def _open_tracker(self, plan: Any) -> RecordingTracker:
-        return self._tracker
 
 
 # -- pure parts (no Ray) ------------------------------------------------------------------
@@ -276,8 +249,8 @@ def test_every_stage_shape_gives_the_same_outputs_and_ids_on_every_run(ray_sessi
 def test_setup_runs_once_per_actor_teardown_on_release_and_stages_stay_apart(ray_session, tmp_path: Path) -> None:
     stages = [
         EmitNumbers(count=8),
-        RecordWorker(label="task", sleep_s=0.3),
-        MarkedSetup(marker_dir=str(tmp_path)),
+        SlowStamp(label="task", seconds=0.3),
+        OffsetAfterSetup(marker_dir=str(tmp_path)),
     ]
     outputs = Pipeline(name="actors", stages=stages).run(RayDataExecutor(config={"actor_pool_size": 2}))
     assert sorted(t.data for t in outputs) == [1000 + i for i in range(8)]
@@ -338,7 +311,10 @@ def test_a_stage_returning_a_non_task_fails_the_run_and_releases_its_actors(ray_
 
 def test_cpu_requests_beyond_the_cluster_are_scaled_instead_of_hanging(ray_session) -> None:
     # Two pools of two 2-CPU actors want 8 CPUs of the session's 4.
-    stages = [EmitNumbers(count=6), HungryActor(cpus=2.0), HungryActor(cpus=2.0, name="hungry_actor_2")]
+    def hungry(name: str) -> OffsetAfterSetup:  # an actor stage (it has setup) wanting 2 CPUs
+        return OffsetAfterSetup(offset=1, name=name, resources=Resources(cpus=2.0))
+
+    stages = [EmitNumbers(count=6), hungry("hungry_actor"), hungry("hungry_actor_2")]
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -361,17 +337,17 @@ def test_cpu_requests_beyond_the_cluster_are_scaled_instead_of_hanging(ray_sessi
 
 
 def test_terminal_batches_stream_to_the_tracker_with_exact_credit(ray_session, tmp_path: Path) -> None:
-    tracker = RecordingTracker.skipping([3])
+    tracker = _skipping([3])
     stages = [
         EmitNumbers(count=12),
         FanOut(n=3),
         DropByNone(),  # drops 0, 21, 42, 70, 91, 112
         FailOn(value=51),  # source 5 fails
-        RecordWorker(label="sink", sleep_s=0.1),
+        SlowStamp(label="sink", seconds=0.1),
     ]
     outputs = Pipeline(name="tracked", stages=stages).run(TrackedRayDataExecutor(tracker, tmp_path))
     assert tracker.closed == [True]
-    terminal = tracker.terminal_tasks()
+    terminal = tracker.tasks
     real = [t for t in terminal if not isinstance(t, NoneTask | FailedTask)]
     assert _ids_and_values(outputs) == _ids_and_values(real)
 
@@ -433,12 +409,12 @@ def test_each_finished_block_reaches_the_driver_before_the_next_is_made(ray_sess
 
 
 def test_a_run_whose_sources_are_all_complete_returns_nothing(ray_session, tmp_path: Path) -> None:
-    tracker = RecordingTracker.skipping(list(range(5)))
+    tracker = _skipping(list(range(5)))
     outputs = Pipeline(name="done", stages=[EmitNumbers(count=5), AddOne()]).run(
         TrackedRayDataExecutor(tracker, tmp_path)
     )
     assert outputs == []
-    assert tracker.terminal_tasks() == []
+    assert tracker.tasks == []
     assert tracker.closed == [True]
 
 
@@ -449,8 +425,7 @@ import json, os, re, sys, time
 sys.path.insert(0, {repo!r})
 from nemo_curator.backends.ray_data import RayDataExecutor
 from nemo_curator.pipeline import Pipeline
-from tests.backends.ray_data_stages import RayletInfo
-from tests.pipelines_for_tests import EmitNumbers, OffsetAfterSetup
+from tests.stages import EmitNumbers, OffsetAfterSetup, RayletInfo
 
 import ray
 

@@ -27,22 +27,23 @@ from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.tasks import FailedTask, NoneTask, Task, is_sentinel
 from nemo_curator.tasks.credit import Credit
-from tests.backends.xenna_stages import (
+from tests.ray_helpers import alive_after
+from tests.stages import (
     AddOne,
-    AddThenDouble,
-    BatchNegate,
-    DropMultiplesOf3ByNone,
-    DropMultiplesOf5ByEmptyList,
-    Emit,
+    Chain,
+    Double,
+    DropByEmptyList,
+    DropByNone,
+    EmitNumbers,
     FailingSetup,
     FailOn,
     FanOut,
-    FilterFailOrPass,
-    FixedSourceFilter,
-    IntTask,
-    OffsetWithSetup,
+    MultiplyInBatches,
+    NumberTask,
+    OffsetAfterSetup,
     SlowStamp,
 )
+from tests.tracking import RecordingTracker, TrackedExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,11 +78,7 @@ def alive_stage_workers() -> list[Any]:
 
 
 def assert_no_stage_workers_left(timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    alive = alive_stage_workers()
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = alive_stage_workers()
+    alive = alive_after(alive_stage_workers, timeout_s, poll_s=0.5)
     assert alive == [], f"xenna left {len(alive)} StageWorker actor(s) alive"
 
 
@@ -90,14 +87,14 @@ def full_pipeline(marker_dir: Path) -> Pipeline:
     return Pipeline(
         name="xenna_full",
         stages=[
-            Emit(count=12),
-            FanOut(ways=2),
-            AddOne(),
-            DropMultiplesOf3ByNone(),
-            DropMultiplesOf5ByEmptyList(),
-            BatchNegate(),
-            OffsetWithSetup(marker_dir=str(marker_dir)),
-            AddThenDouble(),
+            EmitNumbers(count=12),
+            FanOut(n=2),
+            AddOne(in_place=True),  # returns the task object it got
+            DropByNone(mod=3),
+            DropByEmptyList(mod=5, rest=0),
+            MultiplyInBatches(factor=-1, batch_size=3, name="batch_negate"),
+            OffsetAfterSetup(marker_dir=str(marker_dir)),
+            Chain(name="add_then_double", parts=(AddOne(in_place=True), Double())),
         ],
     )
 
@@ -166,11 +163,15 @@ def test_stage_error_is_found_through_wrappers() -> None:
 def test_stage_specs_fit_the_shared_cluster(ray_session: Any) -> None:
     from nemo_curator.backends.xenna.executor import build_stage_specs
 
-    class Idle(ProcessingStage[IntTask, IntTask]):
+    class Idle(ProcessingStage[NumberTask, NumberTask]):
         name = "idle stage"
         resources = Resources(cpus=0.0)
 
-    stages = [Emit(count=1, resources=Resources(cpus=3.0)), FanOut(resources=Resources(cpus=3.0)), Idle()]
+    stages = [
+        EmitNumbers(count=1, name="emit", resources=Resources(cpus=3.0)),
+        FanOut(resources=Resources(cpus=3.0)),
+        Idle(),
+    ]
     plan = ExecutionPlan.from_stages(stages)
     specs = build_stage_specs(plan, None, XennaSettings())
     cpus = [spec.stage.required_resources.cpus for spec in specs]
@@ -194,7 +195,7 @@ def test_outputs_and_ids_match_reference_and_repeat(ray_session: Any, tmp_path: 
     first = full_pipeline(tmp_path / "first").run(XennaExecutor())
     assert sorted(t.data for t in first) == expected_full_values()
     assert id_value_pairs(first) == id_value_pairs(reference)
-    assert all(isinstance(t, IntTask) and not is_sentinel(t) and t._lineage is None for t in first)
+    assert all(isinstance(t, NumberTask) and not is_sentinel(t) and t._lineage is None for t in first)
     assert len({t.task_id for t in first}) == len(first)
     # The batch stage really got batches of 3 (only a remainder may be smaller).
     assert max(t._metadata["batch_len"] for t in first) == 3
@@ -209,7 +210,7 @@ def test_outputs_and_ids_match_reference_and_repeat(ray_session: Any, tmp_path: 
 
 def test_batch_mode_with_fixed_workers_gives_the_same_ids(ray_session: Any) -> None:
     def stages() -> list[ProcessingStage]:
-        return [Emit(count=5), FanOut(ways=3), AddOne(), DropMultiplesOf3ByNone()]
+        return [EmitNumbers(count=5), FanOut(n=3), AddOne(in_place=True), DropByNone(mod=3)]
 
     config = {"execution_mode": "batch", "num_workers_per_stage": 1}
     outputs = XennaExecutor(config=config).execute(stages())
@@ -220,57 +221,31 @@ def test_batch_mode_with_fixed_workers_gives_the_same_ids(ray_session: Any) -> N
 
 def test_stage_exception_names_stage_and_keeps_cause(ray_session: Any) -> None:
     with pytest.raises(StageError, match=r"stage 'fail_on' failed") as info:
-        XennaExecutor().execute([Emit(count=6), FailOn(bad=3)])
+        XennaExecutor().execute([EmitNumbers(count=6), FailOn(value=3)])
     assert isinstance(info.value.__cause__, ValueError)
     assert str(info.value.__cause__) == "cannot handle 3"
     assert info.value.stage_name == "fail_on"
     assert_no_stage_workers_left()
 
 
-class RecordingTracker:
-    """Test-only completion tracker: records every terminal batch with its arrival time."""
-
-    def __init__(self, done_sources: frozenset[str] = frozenset()) -> None:
-        self.source_filter = FixedSourceFilter(done_sources)
-        self.batches: list[tuple[float, list[Task]]] = []
-        self.closed: list[bool] = []
-
-    def on_terminal(self, tasks: list[Task]) -> None:
-        self.batches.append((time.time(), list(tasks)))
-
-    def close(self, success: bool) -> None:
-        self.closed.append(success)
-
-    @property
-    def terminal(self) -> list[Task]:
-        return [t for _, batch in self.batches for t in batch]
-
-
-class TrackedXenna(XennaExecutor):
+class TrackedXenna(TrackedExecutor, XennaExecutor):
     """XennaExecutor wired to a given tracker (the real ledger lives elsewhere)."""
-
-    def __init__(self, tracker: RecordingTracker, config: dict[str, Any] | None = None) -> None:
-        super().__init__(config=config, checkpoint="unused-by-this-test")
-        self.tracker = tracker
-
-    def _open_tracker(self, plan: ExecutionPlan) -> RecordingTracker:
-        return self.tracker
 
 
 def source_of(i: int) -> str:
-    return source_id_for(IntTask(dataset_name="ints", data=i), "", 0)
+    return source_id_for(NumberTask(dataset_name="numbers", data=i), "", 0)
 
 
 def test_tracked_run_reports_terminal_tasks_while_running(ray_session: Any) -> None:
     skipped = {4, 9}
     dropped = {11, 52, 70}
     bad = 31
-    tracker = RecordingTracker(frozenset(source_of(i) for i in skipped))
+    tracker = RecordingTracker.skipping(source_of(i) for i in skipped)
     stages = [
-        Emit(count=24),
-        FanOut(ways=3),
+        EmitNumbers(count=24),
+        FanOut(n=3),
         SlowStamp(seconds=0.1),
-        FilterFailOrPass(drop=tuple(sorted(dropped)), bad=bad),
+        FailOn(drop=tuple(sorted(dropped)), value=bad, name="filter_fail_or_pass"),
     ]
     outputs = TrackedXenna(tracker, config={"report_interval_s": 0.2, "report_batch_size": 16}).execute(stages)
 
@@ -279,7 +254,7 @@ def test_tracked_run_reports_terminal_tasks_while_running(ray_session: Any) -> N
     assert sorted(t.data for t in outputs) == sorted(all_values - dropped - {bad})
     assert tracker.closed == [True]
 
-    terminal = tracker.terminal
+    terminal = tracker.tasks
     # Every task that reached the last stage ended exactly once, and only there.
     assert len(terminal) == len(all_values)
     assert len({t.task_id for t in terminal}) == len(terminal)
@@ -319,7 +294,7 @@ def test_tracked_run_reports_terminal_tasks_while_running(ray_session: Any) -> N
 def test_tracked_run_surfaces_setup_failure(ray_session: Any) -> None:
     tracker = RecordingTracker()
     with pytest.raises(StageError, match=r"stage 'failing_setup' failed") as info:
-        TrackedXenna(tracker).execute([Emit(count=3), FailingSetup()])
+        TrackedXenna(tracker).execute([EmitNumbers(count=3), FailingSetup()])
     assert isinstance(info.value.__cause__, OSError)
     assert tracker.closed == [False]
     assert_no_stage_workers_left()
@@ -335,7 +310,7 @@ class FailingTracker(RecordingTracker):
 
 def test_tracked_run_stops_when_reporting_fails(ray_session: Any) -> None:
     tracker = FailingTracker()
-    stages = [Emit(count=40), SlowStamp(seconds=0.1), FilterFailOrPass()]
+    stages = [EmitNumbers(count=40), SlowStamp(seconds=0.1), FailOn(value=-1, name="filter_fail_or_pass")]
     with pytest.raises(ConnectionError, match="ledger unreachable"):
         TrackedXenna(tracker, config={"report_batch_size": 1}).execute(stages)
     assert len(tracker.batches) == 1
@@ -350,7 +325,7 @@ import json, sys
 import ray
 from loguru import logger
 from nemo_curator.backends.xenna import XennaExecutor
-from tests.backends.xenna_stages import Emit, FanOut, AddOne
+from tests.stages import EmitNumbers, FanOut, AddOne
 
 logger.add(sys.argv[1], level="INFO", format="{name}|{message}")  # the user's own log file
 logger.info("before the run")
@@ -363,7 +338,7 @@ class Probe(XennaExecutor):
         seen["started_here"] = bool(node.head)
         return super()._execute(plan, initial_tasks, tracker)
 
-out = Probe().execute([Emit(count=4), FanOut(ways=2), AddOne()])
+out = Probe().execute([EmitNumbers(count=4), FanOut(n=2), AddOne()])
 logger.info("after the run")
 print(json.dumps({
     "values": sorted(t.data for t in out),

@@ -10,103 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.file_partitioning import FilePartitioningStage
-from nemo_curator.stages.resources import Resources
-from nemo_curator.stages.text.io.reader import JsonlReaderStage
 from nemo_curator.stages.text.io.writer import JsonlWriter
-from nemo_curator.tasks import DocumentBatch, FailedTask, FileGroupTask
-
-SMALL = Resources(cpus=0.5)
-
-
-@dataclass
-class RecordingReader(JsonlReaderStage):
-    """Reads a file group and leaves a marker naming its source; can fail on chosen files.
-
-    ``raise_on`` / ``fail_on`` name input file basenames for which the stage raises / returns a
-    ``FailedTask`` while the file ``<log_dir>/heal`` does not exist.
-    """
-
-    log_dir: str = ""
-    raise_on: list[str] = field(default_factory=list)
-    fail_on: list[str] = field(default_factory=list)
-    fingerprint_ignore: tuple[str, ...] = ("log_dir", "raise_on", "fail_on")
-
-    def process(self, task: FileGroupTask) -> DocumentBatch | FailedTask | None:
-        marker = os.path.join(self.log_dir, f"{task.task_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        with open(marker, "w") as fh:
-            fh.write(" ".join(task.data))
-        healed = os.path.exists(os.path.join(self.log_dir, "heal"))
-        names = {os.path.basename(p) for p in task.data}
-        if not healed and names & set(self.raise_on):
-            raise RuntimeError(f"injected failure reading {sorted(names)}")
-        if not healed and names & set(self.fail_on):
-            return FailedTask(dataset_name=task.dataset_name, reason="injected FailedTask")
-        return super().process(task)
-
-
-class SplitInThree(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Fan-out 1:3 by row position; the third slot is filtered (``None``)."""
-
-    name = "split_in_three"
-    resources = SMALL
-
-    def process(self, task: DocumentBatch) -> list[DocumentBatch | None]:
-        frame = task.to_pandas().reset_index(drop=True)
-        out: list[DocumentBatch | None] = []
-        for k in range(2):
-            part = frame.iloc[k::3].reset_index(drop=True)
-            out.append(DocumentBatch(task.dataset_name, part, _metadata=dict(task._metadata)) if len(part) else None)
-        out.append(None)
-        return out
-
-
-@dataclass
-class Slow(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Sleeps per task, so that a kill lands mid-run; can inject one-off disasters.
-
-    Each disaster happens once per ``log_dir`` (a marker file records it), on the first task
-    whose source files include ``crash_on`` / ``kill_ledger_on``:
-    - ``crash_on``: the worker process dies (``os._exit``), as if OOM-killed or preempted;
-    - ``kill_ledger_on``: the checkpoint's ledger actor is killed (Ray may restart it).
-    """
-
-    seconds: float = 0.05
-    log_dir: str = ""
-    crash_on: str = ""
-    kill_ledger_on: str = ""
-    checkpoint: str = ""
-    name: str = "slow"
-    resources: Resources = field(default_factory=lambda: SMALL)
-    fingerprint_ignore: tuple[str, ...] = ("seconds", "log_dir", "crash_on", "kill_ledger_on", "checkpoint")
-
-    def process(self, task: DocumentBatch) -> DocumentBatch:
-        names = {os.path.basename(p) for p in task._metadata.get("source_files", [])}
-        if self.crash_on in names and self._first_time("crashed"):
-            os._exit(1)
-        if self.kill_ledger_on in names and self._first_time("ledger_killed"):
-            import ray
-
-            from nemo_curator.resumability.actor import NAMESPACE, ledger_actor_name
-
-            ray.kill(ray.get_actor(ledger_actor_name(self.checkpoint), namespace=NAMESPACE), no_restart=False)
-        time.sleep(self.seconds)
-        return task
-
-    def _first_time(self, what: str) -> bool:
-        try:
-            fd = os.open(os.path.join(self.log_dir, what), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        os.close(fd)
-        return True
+from tests.stages import RecordingReader, SlowDocuments, SplitInThree
 
 
 def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
@@ -114,7 +24,7 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
         FilePartitioningStage(file_paths=cfg["input_dir"], files_per_partition=1, file_extensions=[".jsonl"]),
         RecordingReader(log_dir=cfg["log_dir"], raise_on=cfg.get("raise_on", []), fail_on=cfg.get("fail_on", [])),
         SplitInThree(),
-        Slow(
+        SlowDocuments(
             seconds=cfg.get("slow_s", 0.05),
             log_dir=cfg["log_dir"],
             crash_on=cfg.get("crash_on", ""),
@@ -124,7 +34,7 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
         JsonlWriter(cfg["output_dir"]),
     ]
     if cfg.get("extra_stage"):
-        stages.insert(3, Slow(seconds=0.0, name="extra"))
+        stages.insert(3, SlowDocuments(seconds=0.0, name="extra"))
     return Pipeline(name="e2e", stages=stages)
 
 
@@ -179,8 +89,8 @@ def run(cfg: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the module's importable name, so stage classes are ``tests.e2e.job.X`` (as
-    # in-process runs see them) and not ``__main__.X``: the pipeline fingerprint tells them apart.
+    # Run through the module's importable name, so that everything this module defines is
+    # ``tests.e2e.job.X`` (as in-process runs see it), never ``__main__.X``.
     from tests.e2e import job as importable
 
     print(json.dumps({"outputs": importable.run(json.loads(sys.argv[1]))}), flush=True)

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
+from nemo_curator.backends import registry
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.stages.text.io.temp_files import writer_identity
 from nemo_curator.utils.processes import kill_process_tree
 from tests.e2e import job
 
 REPO = Path(__file__).resolve().parents[2]
-EXECUTORS = ["xenna", "ray_data", "ray_actor_pool"]
+EXECUTORS = list(registry.EXECUTORS)
 FILES = 12
 DOCS = 30
 OUTPUTS_PER_SOURCE = 2
