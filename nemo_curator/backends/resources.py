@@ -32,8 +32,9 @@ def scale_cpu_requests(
     demand = sum(max(r, 0.0) * n for r, n in zip(requests, counts, strict=True))
     if demand <= capacity or demand <= 0:
         return list(requests), 1.0
-    factor = capacity / demand
-    return [round_down_to_step(r * factor, step) if r > 0 else r for r in requests], factor
+    factor = max(capacity, 0.0) / demand
+    # max(.., step): a cluster reporting no CPU at all (factor 0) still gets non-empty requests.
+    return [max(round_down_to_step(r * factor, step), step) if r > 0 else r for r in requests], factor
 
 
 def round_down_to_step(cpus: float, step: float = RAY_RESOURCE_STEP) -> float:

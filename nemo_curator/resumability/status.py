@@ -9,9 +9,7 @@ was committed plus what that batch did. Ray pickles both across the actor bounda
 ``inspect.read_checkpoint_status``; ``inspect.checkpoint_status`` and ``nemo-curator checkpoint
 status --json`` give its ``to_dict()``.
 
-Readers in the framework use attributes. ``to_dict()`` is the JSON form (one key per field);
-``status["completed_sources"]`` also works on a ``LedgerStatus``, for callers and scripts that
-read the former dicts.
+Readers use attributes; ``to_dict()`` is the JSON form (one key per field).
 
 Invariants:
 - every count is a non-negative int; ``load_seconds`` a non-negative float;
@@ -65,12 +63,6 @@ class LedgerStatus:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: one key per field."""
         return asdict(self)
-
-    def __getitem__(self, key: str) -> Any:
-        """Read a field by name (the former dict access); ``KeyError`` for any other key."""
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 @dataclass(frozen=True, slots=True)

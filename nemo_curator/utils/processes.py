@@ -11,27 +11,29 @@ import os
 import signal
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (guards against pid reuse), if known."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the parenthesised command name (state first)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             stat = fh.read()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the state letter follows the parenthesised name
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (guards against pid reuse), if known."""
+    fields = _stat_fields(pid)
     try:
-        return int(fields[19])
+        return int(fields[19]) if fields is not None else None
     except (IndexError, ValueError):
         return None
 
 
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has finished but not been reaped (``False`` when ``/proc`` cannot tell)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def pid_alive(pid: int, start_time: int | None = None) -> bool:

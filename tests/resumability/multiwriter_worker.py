@@ -55,7 +55,7 @@ def write(checkpoint: str, index: int, n_own: int, n_shared: int, seed: int) -> 
     return {
         "completed": completed,
         "skipped": len(skipped),
-        "in_flight": status["in_flight_sources"],
+        "in_flight": status.in_flight_sources,
         "start": start,
         "end": time.time(),
     }

@@ -25,6 +25,7 @@ from nemo_curator.resumability.fingerprint import pipeline_fingerprint
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.liveness import process_start_time, this_process
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.resumability.status import LedgerStatus
 from nemo_curator.tasks.credit import Credit
 from tests.ray_helpers import wait_actor_dead
 from tests.resumability.fingerprint_stages import PlainStage, ScoreFilter
@@ -40,12 +41,12 @@ def _reports(n_sources: int, seed: int = 3, first: int = 0) -> dict[str, list[Re
     return out
 
 
-def _restarted_status(handle: LedgerHandle, old_pid: int) -> dict[str, Any]:
+def _restarted_status(handle: LedgerHandle, old_pid: int) -> LedgerStatus:
     """The status once the actor runs in a new process (``ray.kill`` acts asynchronously)."""
     deadline = time.monotonic() + 60
     while True:
         status = handle.status()
-        if status["actor_pid"] != old_pid or time.monotonic() > deadline:
+        if status.actor_pid != old_pid or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
 
@@ -70,7 +71,7 @@ def test_reports_are_acknowledged_after_commit_and_workers_can_query(ray_session
         assert handle.name == ledger_actor_name(tmp_path)
         half = [r for sid in ids[:15] for r in by_source[sid]] + [by_source[ids[15]][0]]
         ack = handle.report(half)
-        assert ack["newly_completed"] == 15 and ack["duplicate_batch"] is False
+        assert ack.newly_completed == 15 and ack.duplicate_batch is False
         # Acknowledged means committed: a read-only look at the directory already shows it.
         on_disk = checkpoint_status(tmp_path)
         assert set(on_disk["completed"]) == set(ids[:15])
@@ -78,17 +79,17 @@ def test_reports_are_acknowledged_after_commit_and_workers_can_query(ray_session
         assert ray.get(ask_from_worker.remote(handle.source_filter(), ids)) == ids[:15]
         assert handle.completed(ids) == set(ids[:15])
         status = handle.status()
-        assert status["sources_seen"] == 2 * len(ids) and status["sources_skipped"] == 30
-        assert status["in_flight_sources"] == (1 if len(by_source[ids[15]]) > 1 else 0)
+        assert status.sources_seen == 2 * len(ids) and status.sources_skipped == 30
+        assert status.in_flight_sources == (1 if len(by_source[ids[15]]) > 1 else 0)
         rest = [r for sid in ids[15:] for r in by_source[sid]]
-        assert handle.report(ReportBatch.from_reports(rest))["completed_sources"] == 30
+        assert handle.report(ReportBatch.from_reports(rest)).completed_sources == 30
         final = handle.close()
-    assert final is not None and final["completed_sources"] == 30 and final["anomalies"] == 0
+    assert final is not None and final.completed_sources == 30 and final.anomalies == 0
     assert not _actor_exists(handle.name)
     assert handle.close() is None
     with pytest.raises(LedgerUnavailableError, match="closed"):
         handle.report(half)
-    assert checkpoint_status(tmp_path)["completed_sources"] == 30
+    assert checkpoint_status(tmp_path).completed_sources == 30
 
 
 def test_a_resent_batch_is_applied_once(ray_session: Any, tmp_path: Path) -> None:
@@ -113,12 +114,12 @@ def test_actor_killed_mid_stream_restarts_from_lmdb_nothing_lost_or_double_count
         for batch in batches[:third]:
             handle.report(batch)
         before = handle.status()
-        assert before["in_flight_sources"] > 0
+        assert before.in_flight_sources > 0
         ray.kill(handle.actor, no_restart=False)
-        after = _restarted_status(handle, before["actor_pid"])
-        assert after["actor_restarted"] is True and after["actor_pid"] != before["actor_pid"]
-        assert after["in_flight_sources"] == before["in_flight_sources"]
-        assert after["completed_sources"] == before["completed_sources"]
+        after = _restarted_status(handle, before.actor_pid)
+        assert after.actor_restarted is True and after.actor_pid != before.actor_pid
+        assert after.in_flight_sources == before.in_flight_sources
+        assert after.completed_sources == before.completed_sources
         # Kill it again while reports are streaming: in-flight calls are retried and deduplicated.
         killer = threading.Thread(target=lambda: (time.sleep(0.3), ray.kill(handle.actor, no_restart=False)))
         killer.start()
@@ -129,10 +130,10 @@ def test_actor_killed_mid_stream_restarts_from_lmdb_nothing_lost_or_double_count
         # Resending an already acknowledged batch is harmless too.
         handle.report(batches[-1])
         final = handle.status()
-        assert final["actor_restarted"] is True and final["actor_pid"] != after["actor_pid"]
-    assert ack["completed_sources"] == 300
-    assert final["completed_sources"] == 300 and final["in_flight_sources"] == 0
-    assert final["anomalies"] == 0 and final["failed_sources"] == 0
+        assert final.actor_restarted is True and final.actor_pid != after.actor_pid
+    assert ack.completed_sources == 300
+    assert final.completed_sources == 300 and final.in_flight_sources == 0
+    assert final.anomalies == 0 and final.failed_sources == 0
     status = checkpoint_status(tmp_path)
     assert set(status["completed"]) == set(by_source) and status["failed"] == {}
 
@@ -173,7 +174,7 @@ def test_a_leftover_actor_of_a_dead_run_is_replaced(ray_session: Any, tmp_path: 
     owner = {**this_process(), "pid": dead.pid, "pid_start": None, "writer_id": "dead-run"}
     leftover = _fake_leftover(tmp_path, owner)
     with LedgerHandle.open(tmp_path, "fp-stale") as handle:
-        assert handle.status()["writer_id"] != "dead-run"
+        assert handle.status().writer_id != "dead-run"
         with pytest.raises(RayActorError):
             ray.get(leftover.status.remote(), timeout=30)
 

@@ -75,7 +75,7 @@ def test_concurrent_writers_never_corrupt_each_other_and_see_each_others_work(tm
     # A later run sees what every writer completed.
     with CheckpointStore.open(tmp_path, fingerprint="multi", writer_id="later") as later:
         assert later.ledger.completed_count == len(expected)
-        assert later.status()["other_writers"] == WRITERS
+        assert later.status().other_writers == WRITERS
 
 
 MANY_WRITERS_CODE = """
@@ -84,7 +84,7 @@ from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.store import CheckpointStore
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 with CheckpointStore.open(sys.argv[1], fingerprint="many", writer_id="newest") as store:
-    print(store.ledger.completed_count, store.status()["other_writers"])
+    print(store.ledger.completed_count, store.status().other_writers)
 print(checkpoint_status(sys.argv[1], include_ids=False)["completed_sources"])
 """
 

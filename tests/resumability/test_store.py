@@ -76,9 +76,9 @@ def test_new_run_sees_union_of_completions_but_not_in_flight_state(tmp_path: Pat
         assert second.ledger.is_completed(a)
         assert not second.ledger.is_completed(b) and second.ledger.in_flight_count == 0
         assert not second.ledger.is_failed_this_run(c)  # failed earlier: redone in this run
-        assert second.status()["failed_sources"] == 1
+        assert second.status().failed_sources == 1
         second.apply([Report(c, c, Credit.one())])  # now it completes
-        assert second.status()["failed_sources"] == 0
+        assert second.status().failed_sources == 0
     status = checkpoint_status(tmp_path)
     assert status["completed"] == sorted([a, c])
     assert status["failed"] == {}  # failures of sources completed anywhere are not listed

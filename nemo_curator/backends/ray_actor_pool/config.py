@@ -26,14 +26,14 @@ class ActorPoolSettings(ExecutorSettings):
         object.__setattr__(self, "max_inflight_per_actor", int(self.max_inflight_per_actor))
         object.__setattr__(self, "max_retries", int(self.max_retries))
         if self.max_inflight_per_actor < 1:
-            raise ValueError(f"max_inflight_per_actor must be >= 1, got {self.max_inflight_per_actor}")
+            raise ValueError(f"{self.owner}: max_inflight_per_actor must be >= 1, got {self.max_inflight_per_actor}")
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+            raise ValueError(f"{self.owner}: max_retries must be >= 0, got {self.max_retries}")
         counts = self.num_actors_per_stage
         for name, n in counts.items() if isinstance(counts, dict) else [(None, counts)]:
             if not isinstance(n, int) or n < 1:
                 where = "num_actors_per_stage" if name is None else f"num_actors_per_stage[{name!r}]"
-                raise ValueError(f"{where}: the number of actors must be a positive int, got {n!r}")
+                raise ValueError(f"{self.owner}: {where}: the number of actors must be a positive int, got {n!r}")
 
     def actors_for(self, stage_name: str) -> int:
         """Actors of the stage called ``stage_name`` unless the stage fixes its own number."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from loguru import logger
 
-from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
+from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan, is_tracking
 from nemo_curator.backends.errors import error_to_raise
 from nemo_curator.backends.ray_actor_pool.config import ActorPoolSettings
 from nemo_curator.backends.resources import round_down_to_step, scale_cpu_requests
@@ -124,12 +124,9 @@ class RayActorPoolExecutor(BaseExecutor):
                     ray.kill(actor, no_restart=True)
             if not ok:
                 logger.warning("ray_actor_pool: run failed; all of its actors were killed")
-        logger.info(
-            "ray_actor_pool: {} last-stage task(s) in {:.2f}s; {} source(s) skipped as already complete",
-            len(outputs),
-            time.perf_counter() - start,
-            skipped,
-        )
+        skipped_note = f"; {skipped} source(s) skipped as already complete" if is_tracking(tracker) else ""
+        seconds = time.perf_counter() - start
+        logger.info("ray_actor_pool: {} last-stage task(s) in {:.2f}s{}", len(outputs), seconds, skipped_note)
         return outputs
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from loguru import logger
+
 from nemo_curator.backends.base import ExecutorSettings
 
 _MODES = ("streaming", "batch")
@@ -49,3 +51,8 @@ class XennaSettings(ExecutorSettings):
                 raise ValueError(f"XennaExecutor: {key} must be > 0, got {getattr(self, key)}")
         if not self.report_interval_s >= 0:
             raise ValueError(f"XennaExecutor: report_interval_s must be >= 0, got {self.report_interval_s}")
+        if self.report_interval_s > 0:
+            logger.warning(
+                "XennaExecutor: report_interval_s has no effect any more (terminal tasks reach the "
+                "checkpoint's tracker as they arrive, and it times its ledger commits itself); drop the key"
+            )
