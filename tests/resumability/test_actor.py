@@ -89,7 +89,7 @@ def test_reports_are_acknowledged_after_commit_and_workers_can_query(ray_session
     assert handle.close() is None
     with pytest.raises(LedgerUnavailableError, match="closed"):
         handle.report(half)
-    assert checkpoint_status(tmp_path).completed_sources == 30
+    assert checkpoint_status(tmp_path)["completed_sources"] == 30
 
 
 def test_a_resent_batch_is_applied_once(ray_session: Any, tmp_path: Path) -> None:
@@ -98,8 +98,8 @@ def test_a_resent_batch_is_applied_once(ray_session: Any, tmp_path: Path) -> Non
     with LedgerHandle.open(tmp_path, "fp-resend") as handle:
         first = ray.get(handle.actor.report.remote(batch, "sender-x", 1))
         again = ray.get(handle.actor.report.remote(batch, "sender-x", 1))
-        assert first["duplicate_batch"] is False and first["completed_sources"] == 5
-        assert again["duplicate_batch"] is True and again["anomalies"] == 0 and again["reports"] == len(batch)
+        assert first.duplicate_batch is False and first.completed_sources == 5
+        assert again.duplicate_batch is True and again.anomalies == 0 and again.reports == len(batch)
 
 
 def test_actor_killed_mid_stream_restarts_from_lmdb_nothing_lost_or_double_counted(
@@ -186,7 +186,7 @@ def test_a_live_run_on_the_same_checkpoint_is_refused(ray_session: Any, tmp_path
         leftover = _fake_leftover(tmp_path, owner)
         with pytest.raises(CheckpointError, match=rf"is in use by another run \(pid {other.pid}"):
             LedgerHandle.open(tmp_path, "fp-stale")
-        assert ray.get(leftover.status.remote())["writer_id"] == "live"  # untouched
+        assert ray.get(leftover.status.remote()).writer_id == "live"  # untouched
         ray.kill(leftover, no_restart=True)
     finally:
         other.kill()
