@@ -89,7 +89,6 @@ def test_a_driver_side_failure_is_raised_unchanged() -> None:
 # -- liveness ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.name != "posix", reason="the probe answers 'running' off POSIX")
 def test_pid_alive_tells_running_reaped_zombie_and_reused_processes_apart() -> None:
     assert pid_alive(os.getpid()) and pid_alive(os.getpid(), process_start_time(os.getpid()))
     assert not pid_alive(0) and not pid_alive(-5) and not pid_alive(2**62)
