@@ -4,9 +4,11 @@ Source keys
     The framework's source ids are 32 lowercase hex digits (128 bits); they are stored as their
     16 raw bytes. Any other id is stored as ``0xff`` + its UTF-8 bytes (``0xff 0xff`` + bytes when
     that would be 16 bytes long, so that only hex ids ever have length 16). Ids longer than
-    ``MAX_SOURCE_ID_BYTES`` are stored as ``0xfe`` + a 128-bit hash of them (they cannot be listed
-    back, only looked up). UTF-8 never contains the bytes ``0xfe``/``0xff``, so the encoding is
-    injective and ``source_id_from_key(source_key(s)) == s`` for every id that is not hashed.
+    ``MAX_SOURCE_ID_BYTES`` are stored as ``0xfe`` + a 128-bit hash of them; such a key comes
+    back as the name ``"~" + 32 hex digits`` of that hash, and that name maps to the same key
+    again. UTF-8 (with lone surrogates passed through) never contains the bytes ``0xfe``/``0xff``,
+    so the encoding is injective up to hash collisions, ``source_id_from_key(source_key(s)) == s``
+    for every id that is not hashed, and ``source_key(source_id_from_key(k)) == k`` for every key.
 
 Task dedup keys
     A report's task id is its deduplication key within its source. Ids longer than
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Collection
 
 MAX_SOURCE_ID_BYTES = 100
 MAX_TASK_ID_BYTES = 256
@@ -48,12 +49,32 @@ def source_key(source_id: str) -> bytes:
         # (canonical) spelling maps to raw bytes, so the key decodes back to the same id.
         if len(raw) == 16 and (source_id.islower() or source_id.isdigit()):
             return raw
-    data = source_id.encode()
+    elif len(source_id) == 33 and source_id[0] == "~":
+        hashed = _hashed_name_key(source_id)
+        if hashed is not None:
+            return hashed
+    data = source_id.encode("utf-8", "surrogatepass")
     if len(data) > MAX_SOURCE_ID_BYTES:
         return bytes((_HASHED,)) + _hash16(data)
     if len(data) == 15:
         return bytes((_TEXT, _TEXT)) + data
     return bytes((_TEXT,)) + data
+
+
+def _hashed_name_key(name: str) -> bytes | None:
+    """The hashed key named by ``"~" + 32 lowercase hex digits``, else ``None``."""
+    digits = name[1:]
+    if not (digits.isascii() and digits.isalnum() and (digits.islower() or digits.isdigit())):
+        return None
+    try:
+        return bytes((_HASHED,)) + bytes.fromhex(digits)
+    except ValueError:
+        return None
+
+
+def is_hashed_key(key: bytes) -> bool:
+    """Whether ``key`` holds a hash of a long id (its id cannot be read back from it)."""
+    return len(key) == 17 and key[0] == _HASHED
 
 
 def source_id_from_key(key: bytes) -> str:
@@ -63,7 +84,7 @@ def source_id_from_key(key: bytes) -> str:
     if key[0] == _HASHED:
         return "~" + key[1:].hex()
     start = 2 if len(key) > 1 and key[1] == _TEXT else 1
-    return bytes(key[start:]).decode()
+    return bytes(key[start:]).decode("utf-8", "surrogatepass")
 
 
 def task_dedup_key(task_id: str) -> str:
@@ -154,37 +175,30 @@ def completion_record_size(value: bytes) -> int:
 # -- the recent-completion log -----------------------------------------------------------
 #
 # To recognise a late duplicate report for a source that already completed (also after the
-# ledger restarted), the store keeps the task dedup keys of the most recently completed
-# sources in an append-only log. One record per commit:
+# ledger restarted), the store keeps the digests of this run's recently completed sources
+# (``digests``: sorted 64-bit fingerprints of their (task, credit) pairs) in an append-only
+# log. One record per commit:
 #   u32 number of sources, then per source: u8 key length, source key, u8 mode, u32 payload
-#   length, payload. Mode ``J`` (the usual case, encoded in one go): the task keys joined by
-#   NUL; mode ``L`` (some task key contains NUL): u32 count, u16 length of each key, the keys.
+#   length, payload. Mode ``D``: the digest, little-endian u64 values. Modes ``J`` and ``L`` (task
+#   ids without credit, written before digests) are read back as ``None`` (no digest).
 
-_JOINED = ord("J")
-_LENGTHS = ord("L")
+_DIGEST = ord("D")
 
 
-def encode_recent_record(entries: list[tuple[bytes, Collection[str]]]) -> bytes:
-    """``[(source key, task dedup keys)]`` -> one record value."""
+def encode_recent_record(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """``[(source key, digest bytes)]`` -> one record value."""
     parts = [_U32.pack(len(entries))]
-    for key, task_keys in entries:
-        joined = "\x00".join(task_keys)
-        if joined.count("\x00") == len(task_keys) - 1:
-            payload = joined.encode()
-            mode = _JOINED
-        else:
-            encoded = [t.encode() for t in task_keys]
-            payload = _U32.pack(len(encoded)) + struct.pack(f">{len(encoded)}H", *map(len, encoded)) + b"".join(encoded)
-            mode = _LENGTHS
-        parts.append(bytes((len(key),)) + key + bytes((mode,)) + _U32.pack(len(payload)))
+    for key, payload in entries:
+        parts.append(bytes((len(key),)) + key + bytes((_DIGEST,)) + _U32.pack(len(payload)))
         parts.append(payload)
     return b"".join(parts)
 
 
-def decode_recent_record(value: bytes) -> list[tuple[bytes, list[str]]]:
+def decode_recent_record(value: bytes) -> list[tuple[bytes, bytes | None]]:
+    """``[(source key, digest bytes or None)]`` of one record value."""
     value = bytes(value)
     (count,) = _U32.unpack_from(value)
-    entries = []
+    entries: list[tuple[bytes, bytes | None]] = []
     i = 4
     for _ in range(count):
         klen = value[i]
@@ -192,19 +206,8 @@ def decode_recent_record(value: bytes) -> list[tuple[bytes, list[str]]]:
         mode = value[i + 1 + klen]
         (size,) = _U32.unpack_from(value, i + 2 + klen)
         i += 6 + klen
-        payload = value[i : i + size]
+        entries.append((key, value[i : i + size] if mode == _DIGEST else None))
         i += size
-        if mode == _JOINED:
-            entries.append((key, payload.decode().split("\x00")))
-            continue
-        (n,) = _U32.unpack_from(payload)
-        lengths = struct.unpack_from(f">{n}H", payload, 4)
-        j = 4 + 2 * n
-        task_keys = []
-        for length in lengths:
-            task_keys.append(payload[j : j + length].decode())
-            j += length
-        entries.append((key, task_keys))
     return entries
 
 

@@ -19,14 +19,27 @@ Invariants (for every source ``s``):
 4. Anomalies are never raised; each is logged as a loguru warning naming the source and the
    fix, and the source is marked for redo (recorded failed, its completion revoked if it had
    one). They are: returned credit above 1; the same task id reported with different credit
-   (a non-deterministic stage); credit for an already complete source from a task that was not
-   part of its completion.
-5. Memory is bounded by the in-flight sources: the per-task state of a source (its seen task
-   ids and their credit) is dropped the moment it completes or fails. Only a bounded LRU of
-   the ``recent_limit`` most recently completed sources' tasks is kept, to recognise harmless
-   late duplicates; the store persists their task ids, so a restarted ledger still recognises
-   them (after a restart it compares ids only, not credits). The completed set holds one
-   compact key per complete source (``keys.source_key``, 16 bytes for framework ids).
+   (a non-deterministic stage); a report for an already complete source that is not an exact
+   duplicate of one its completion was made of (a new task, or a known task with another
+   credit or a failure); any report for a source completed by an earlier run.
+5. A late exact duplicate never revokes a completion. A source completed in this run keeps a
+   digest of its ``(task, credit)`` pairs (``digests``): a duplicate always matches it; a
+   report that is not a duplicate matches it with probability at most ``n / 2**w`` (``n``
+   tasks, digest width ``w`` = 64, 32 or 16 bits as the digest ages), and is otherwise an
+   anomaly. The digests live within a byte budget (``digest_budget``, 64 MiB by default)
+   and are persisted by the store, so a restarted ledger of the same run has them too. A
+   report for a source completed in this run whose digest was dropped for the budget cannot
+   be checked: the completion is kept, the report is counted as ``unverified`` and logged
+   with the fix (a larger budget). So a new task is caught with certainty up to hash
+   collisions while its source's digest is held, and never causes a wrong skip silently.
+6. Memory: the per-task state of a source (its seen task ids and their credit) is dropped the
+   moment it completes or fails; digests take at most ``digest_budget`` bytes; per source
+   beyond that only its key in the completed set (``keys.source_key``, 16 bytes for framework
+   ids) and, for sources completed in this run, in ``_completed_now``.
+7. A source is known by its id; an id whose key is hashed (``keys.MAX_SOURCE_ID_BYTES``) comes
+   back from the store as ``keys.source_id_from_key(key)``. Its first report after a restart
+   adopts the restored state held under that name, so in-flight credit, failure and digest
+   stay one source's.
 
 ``apply(reports)`` / ``apply_batch(batch)`` return a ``LedgerUpdate`` with exactly what a store
 must persist for the batch. The ledger has no I/O; ``CheckpointStore`` commits each update in one
@@ -35,19 +48,28 @@ transaction.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
+import numpy as np
 from loguru import logger
 
-from nemo_curator.resumability.keys import source_id_from_key, source_key, task_dedup_key
+from nemo_curator.resumability.digests import (
+    DEFAULT_DIGEST_BUDGET,
+    EXP_BITS,
+    DigestWindow,
+    digest_from_bytes,
+    digest_of,
+    fingerprint,
+    fingerprints,
+)
+from nemo_curator.resumability.keys import is_hashed_key, source_id_from_key, source_key, task_dedup_key
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.tasks.credit import Credit
 
-#: How many recently completed sources' tasks are remembered to recognise late duplicates.
-DEFAULT_RECENT_LIMIT = 16384
+#: At most this many completed sources keep a digest (the byte budget usually binds first).
+DEFAULT_RECENT_LIMIT = 1 << 20
 
 #: Anomaly kinds.
 CREDIT_ABOVE_ONE = "credit_above_one"
@@ -71,6 +93,11 @@ _FIXES = {
     ),
 }
 
+_UNVERIFIED_FIX = (
+    "it is most likely a duplicate delivery (a retried task), so the completion is kept; if stages may be "
+    "non-deterministic, give the ledger a larger digest budget (digest_budget) so such reports can be checked"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
@@ -92,18 +119,20 @@ class LedgerUpdate:
     """What one ``apply`` changed; a store persists it in one transaction.
 
     ``completed`` lists the newly completed source ids; ``completed_keys`` their
-    ``keys.source_key`` and ``completed_seen`` their seen tasks (task dedup key -> packed credit,
-    see ``pack_credit``), aligned with it. ``inflight_added`` holds the
+    ``keys.source_key`` and ``completed_digests`` their digests (sorted ``uint64`` fingerprints of
+    their ``(task, credit)`` pairs, ``digests.fingerprints``), aligned with it. ``inflight_added`` holds the
     ``(source_key, task_dedup_key, num, exp)`` rows (credit ``num / 2**exp``) accepted in this
     batch for sources still in flight at its end (rows of sources that completed or failed
     within the batch are never written). ``inflight_cleared`` lists the source keys of sources
     that left the in-flight state in this batch and had rows persisted by earlier batches.
     ``revoked`` lists sources whose completion was withdrawn (they are also in ``failed``).
+    ``unverified`` counts reports for sources completed in this run whose digest was dropped
+    for the budget (kept as complete, see the module docstring).
     """
 
     completed: list[str] = field(default_factory=list)
     completed_keys: list[bytes] = field(default_factory=list)
-    completed_seen: list[dict[str, int]] = field(default_factory=list)
+    completed_digests: list[np.ndarray] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     revoked: list[str] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
@@ -112,12 +141,19 @@ class LedgerUpdate:
     applied: int = 0
     duplicates: int = 0
     ignored: int = 0
+    unverified: int = 0
 
     def _set_completed(self, batch_completed: dict[str, _InFlight]) -> None:
         self.completed = list(batch_completed)
-        states = batch_completed.values()
+        states = list(batch_completed.values())
         self.completed_keys = [st.key for st in states]
-        self.completed_seen = [st.seen for st in states]
+        if not states:
+            return
+        task_keys = [t for st in states for t in st.seen]
+        credits = [c for st in states for c in st.seen.values()]
+        fps = fingerprints(task_keys, credits)  # one vectorized call for the whole batch
+        bounds = np.cumsum([len(st.seen) for st in states])[:-1]
+        self.completed_digests = [digest_of(part) for part in np.split(fps, bounds)]
 
     def needs_commit(self) -> bool:
         """Whether anything must be written."""
@@ -132,13 +168,14 @@ class LedgerStats:
     applied: int = 0
     duplicates: int = 0
     ignored: int = 0
+    unverified: int = 0
     anomalies: int = 0
     completed: int = 0
     failed: int = 0
 
 
 #: Bits of a packed credit that hold the exponent (``ReportBatch`` guarantees ``exp < 2**32``).
-_EXP_BITS = 32
+_EXP_BITS = EXP_BITS
 _EXP_MASK = (1 << _EXP_BITS) - 1
 
 
@@ -183,19 +220,6 @@ class _InFlight:
             self.exp = exp
 
 
-def _recent_match(entry: dict[str, int] | frozenset[str], tkey: str, packed: int) -> tuple[bool, bool, str]:
-    """``(known, same_credit, previous credit text)`` of task ``tkey`` in a recent entry.
-
-    Entries restored from the store hold task ids only; a known id then counts as the same.
-    """
-    if isinstance(entry, frozenset):
-        return tkey in entry, True, ""
-    prev = entry.get(tkey)
-    if prev is None:
-        return False, False, ""
-    return True, _same_credit(prev, packed), _wire(prev)
-
-
 def _same_credit(a: int, b: int) -> bool:
     """Equal credit values (packed credits need not be normalized)."""
     if a == b:
@@ -214,7 +238,8 @@ class SourceLedger:
 
     ``completed_keys`` is the set of ``source_key`` values of sources already complete (from the
     checkpoint); the ledger adds to it and owns it. ``failed_this_run`` are sources this run
-    already recorded failed (a restarted ledger of the same run reloads them).
+    already recorded failed (a restarted ledger of the same run reloads them). At most
+    ``recent_limit`` completed sources keep a digest, within ``digest_budget`` bytes.
     """
 
     def __init__(
@@ -223,14 +248,16 @@ class SourceLedger:
         failed_this_run: Iterable[str] = (),
         *,
         recent_limit: int = DEFAULT_RECENT_LIMIT,
+        digest_budget: int = DEFAULT_DIGEST_BUDGET,
         max_logged_anomalies: int = 50,
     ) -> None:
         self._completed: set[bytes] = completed_keys if completed_keys is not None else set()
+        self._completed_now: set[bytes] = set()  # keys of the sources completed in this run
         self._failed_run: set[str] = set(failed_this_run)
         self._inflight: dict[str, _InFlight] = {}
-        self._recent: OrderedDict[str, dict[str, int] | frozenset[str]] = OrderedDict()
-        self._recent_limit = recent_limit
+        self._digests = DigestWindow(digest_budget, recent_limit)
         self._max_logged = max_logged_anomalies
+        self._unverified_logged = 0
         self.stats = LedgerStats()
 
     # -- queries ----------------------------------------------------------------------
@@ -244,7 +271,11 @@ class SourceLedger:
         return [sid for sid in source_ids if source_key(sid) in done]
 
     def is_failed_this_run(self, source_id: str) -> bool:
-        return source_id in self._failed_run
+        failed = self._failed_run
+        if source_id in failed:
+            return True
+        key = source_key(source_id)
+        return is_hashed_key(key) and source_id_from_key(key) in failed
 
     @property
     def completed_count(self) -> int:
@@ -260,8 +291,13 @@ class SourceLedger:
 
     @property
     def recent_count(self) -> int:
-        """Completed sources whose tasks are remembered to recognise late duplicates (<= ``recent_limit``)."""
-        return len(self._recent)
+        """Completed sources that hold a digest to recognise late duplicates (<= ``recent_limit``)."""
+        return len(self._digests)
+
+    @property
+    def digests(self) -> DigestWindow:
+        """The digests of this run's completed sources (for inspection and tests)."""
+        return self._digests
 
     def in_flight(self) -> dict[str, Credit]:
         """Credit returned so far per in-flight source (a copy, for inspection and tests)."""
@@ -269,17 +305,15 @@ class SourceLedger:
 
     # -- restore ----------------------------------------------------------------------
 
-    def restore_recent(self, entries: Iterable[tuple[bytes, Iterable[str]]]) -> None:
-        """Reload recently completed sources' task ids ``(source key, task keys)``, oldest first."""
-        recent = self._recent
-        for key, task_keys in entries:
-            if key not in self._completed:
+    def restore_recent(self, entries: Iterable[tuple[bytes, bytes | None]], completed_now: Iterable[bytes]) -> None:
+        """Reload this run's completions: ``completed_now`` their keys, ``entries`` the persisted
+        digests ``(source key, digests.digest_bytes(...) or None)``, oldest first."""
+        completed = self._completed
+        self._completed_now.update(k for k in completed_now if k in completed)
+        for key, data in entries:
+            if data is None or key not in completed:
                 continue
-            sid = source_id_from_key(key)
-            recent[sid] = frozenset(task_keys)
-            recent.move_to_end(sid)
-            if len(recent) > self._recent_limit:
-                recent.popitem(last=False)
+            self._digests.add(source_id_from_key(key), digest_from_bytes(data))
 
     def restore(self, rows: Iterable[tuple[bytes, str, int, int]]) -> LedgerUpdate:
         """Reload persisted in-flight rows ``(source_key, task_dedup_key, num, exp)`` of this run.
@@ -311,7 +345,7 @@ class SourceLedger:
         for sid, st in touched.items():
             if st.num >= 1 << st.exp:
                 self._settle(sid, st, next(reversed(st.seen)), upd, batch_completed)
-        upd._set_completed(batch_completed)
+        self._record_completed(upd, batch_completed)
         return upd
 
     # -- the hot path -----------------------------------------------------------------
@@ -323,11 +357,7 @@ class SourceLedger:
     def apply_batch(self, batch: ReportBatch) -> LedgerUpdate:
         """Apply a columnar batch; returns what changed (never raises on bad reports)."""
         upd = LedgerUpdate()
-        inflight = self._inflight
-        inflight_get = inflight.get
-        failed_run = self._failed_run
-        recent = self._recent
-        completed = self._completed
+        inflight_get = self._inflight.get
         touched: list[_InFlight] = []
         batch_completed: dict[str, _InFlight] = {}
         sids, tids, nums, exps = batch.source_ids, batch.task_ids, batch.nums, batch.exps
@@ -345,11 +375,10 @@ class SourceLedger:
                 tkey = task_dedup_key(tkey)
             st = inflight_get(sid)
             if st is None:
-                key = None if sid in failed_run or sid in recent else source_key(sid)
-                if key is None or key in completed:
+                st = self._admit(sid)
+                if st is None:
                     self._report_for_settled(sid, tkey, num, exp, None, upd, batch_completed)
                     continue
-                st = inflight[sid] = _InFlight(key)
             seen = st.seen
             if st.batch is not upd:
                 st.batch = upd
@@ -380,12 +409,13 @@ class SourceLedger:
             for tkey, packed in islice(st.seen.items(), st.mark, None):
                 added.append((key, tkey, *unpack_credit(packed)))
         upd.applied = applied
-        upd._set_completed(batch_completed)
+        self._record_completed(upd, batch_completed)
         stats = self.stats
         stats.reports += len(batch)
         stats.applied += applied
         stats.duplicates += upd.duplicates
         stats.ignored += upd.ignored
+        stats.unverified += upd.unverified
         stats.completed += len(upd.completed)
         stats.failed += len(upd.failed)
         return upd
@@ -395,11 +425,7 @@ class SourceLedger:
         for i, failure in batch.failures.items():
             sid = batch.source_ids[i]
             tkey = task_dedup_key(batch.task_ids[i])
-            st = self._inflight.get(sid)
-            if st is None and sid not in self._failed_run and sid not in self._recent:
-                key = source_key(sid)
-                if key not in self._completed:
-                    st = self._inflight[sid] = _InFlight(key)
+            st = self._inflight.get(sid) or self._admit(sid)
             if st is None:
                 self._report_for_settled(sid, tkey, batch.nums[i], batch.exps[i], failure, upd, batch_completed)
                 continue
@@ -411,6 +437,47 @@ class SourceLedger:
                 upd.failed[sid] = failure
             self._fail(sid, st, upd)
 
+    def _record_completed(self, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]) -> None:
+        """Fill ``upd``'s completions and hold their digests (their seen tasks are dropped with them)."""
+        upd._set_completed(batch_completed)
+        add = self._digests.add
+        for sid, digest in zip(upd.completed, upd.completed_digests, strict=True):
+            add(sid, digest)
+
+    def _admit(self, sid: str) -> _InFlight | None:
+        """The in-flight state for a report of ``sid``, which is not in flight under that name.
+
+        ``None`` when ``sid`` is settled: failed in this run or complete. For an id with a hashed
+        key, state restored under ``source_id_from_key(key)`` is adopted first (invariant 7).
+        """
+        failed_run = self._failed_run
+        if sid in failed_run:
+            return None
+        key = source_key(sid)
+        if is_hashed_key(key):
+            alias = source_id_from_key(key)
+            if alias != sid:
+                self._adopt(sid, alias)
+                st = self._inflight.get(sid)
+                if st is not None:
+                    return st
+                if sid in failed_run:
+                    return None
+        if key in self._completed:
+            return None
+        st = self._inflight[sid] = _InFlight(key)
+        return st
+
+    def _adopt(self, sid: str, alias: str) -> None:
+        """Move the state restored under ``alias`` (a hashed key's placeholder name) to ``sid``."""
+        st = self._inflight.pop(alias, None)
+        if st is not None:
+            self._inflight[sid] = st
+        if alias in self._failed_run:
+            self._failed_run.discard(alias)
+            self._failed_run.add(sid)
+        self._digests.rename(alias, sid)
+
     def _report_for_settled(
         self,
         sid: str,
@@ -421,26 +488,58 @@ class SourceLedger:
         upd: LedgerUpdate,
         batch_completed: dict[str, _InFlight],
     ) -> None:
-        """First report in this ledger's memory for ``sid``, a source that failed in this run or is complete."""
+        """A report for ``sid``, a source that failed in this run or is complete (invariants 3-5)."""
         if sid in self._failed_run:
             upd.ignored += 1
             return
-        recent = self._recent.get(sid)
-        if recent is not None:
-            known, same, prev = _recent_match(recent, tkey, pack_credit(num, exp))
-            if known and same and failure is None:
+        packed = pack_credit(num, exp)
+        now = "a failure" if failure is not None else f"credit {_wire(packed)}"
+        st = batch_completed.get(sid)
+        if st is not None:  # completed earlier in this batch: its seen tasks are still at hand
+            prev = st.seen.get(tkey)
+            if prev is not None and failure is None and _same_credit(prev, packed):
                 upd.duplicates += 1
                 return
-            if known:
-                now = "a failure" if failure is not None else _wire(pack_credit(num, exp))
-                self._anomaly(NONDETERMINISTIC, sid, tkey, f"task reported again with {now} (was {prev})", upd)
+            if prev is not None:
+                self._anomaly(NONDETERMINISTIC, sid, tkey, f"task reported again with {now} (was {_wire(prev)})", upd)
             else:
                 detail = "a report arrived after the source completed, from a task that was not part of its completion"
                 self._anomaly(COMPLETED_SOURCE, sid, tkey, detail, upd)
             self._revoke(sid, batch_completed, upd)
             return
-        self._anomaly(COMPLETED_SOURCE, sid, tkey, "a report arrived for a source already complete", upd)
+        known = self._digests.match(sid, fingerprint(tkey, packed))
+        if known and failure is None:
+            upd.duplicates += 1
+            return
+        if known is not None:
+            detail = (
+                f"a report with {now} arrived after the source completed that is not an exact duplicate of one its "
+                "completion was made of (a new task, or a known task with other credit or a failure)"
+            )
+            self._anomaly(COMPLETED_SOURCE, sid, tkey, detail, upd)
+            self._revoke(sid, batch_completed, upd)
+            return
+        if source_key(sid) in self._completed_now:
+            self._unverified(sid, tkey, upd)
+            return
+        self._anomaly(COMPLETED_SOURCE, sid, tkey, "a report arrived for a source completed by an earlier run", upd)
         self._revoke(sid, batch_completed, upd)
+
+    def _unverified(self, sid: str, tkey: str, upd: LedgerUpdate) -> None:
+        upd.unverified += 1
+        self._unverified_logged += 1
+        count = self._unverified_logged
+        if count <= self._max_logged:
+            logger.warning(
+                "completion ledger: a report (task {!r}) arrived for source {!r}, completed in this run, whose digest "
+                "was dropped to stay within the ledger's digest budget ({} bytes), so it cannot be checked against "
+                "the source's completion: {}.{}",
+                tkey,
+                sid,
+                self._digests.budget,
+                _UNVERIFIED_FIX,
+                " Further such reports are only counted (`unverified`)." if count == self._max_logged else "",
+            )
 
     def _settle(
         self, sid: str, st: _InFlight, tkey: str, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]
@@ -451,13 +550,10 @@ class SourceLedger:
             del self._inflight[sid]
             st.done = True
             self._completed.add(st.key)
+            self._completed_now.add(st.key)
             batch_completed[sid] = st
             if st.persisted:
                 upd.inflight_cleared.append(st.key)
-            recent = self._recent
-            recent[sid] = st.seen
-            if len(recent) > self._recent_limit:
-                recent.popitem(last=False)
         else:
             detail = f"returned credit reached {_wire(pack_credit(st.num, st.exp))}, above 1"
             self._anomaly(CREDIT_ABOVE_ONE, sid, tkey, detail, upd)
@@ -473,8 +569,10 @@ class SourceLedger:
 
     def _revoke(self, sid: str, batch_completed: dict[str, _InFlight], upd: LedgerUpdate) -> None:
         """Withdraw ``sid``'s completion; it is redone on the next run."""
-        self._completed.discard(source_key(sid))
-        self._recent.pop(sid, None)
+        key = source_key(sid)
+        self._completed.discard(key)
+        self._completed_now.discard(key)
+        self._digests.pop(sid)
         self._failed_run.add(sid)
         batch_completed.pop(sid, None)
         upd.revoked.append(sid)

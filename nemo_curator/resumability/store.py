@@ -33,6 +33,7 @@ import lmdb
 from loguru import logger
 
 from nemo_curator.resumability.checkpoint import validate_checkpoint_dir
+from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET, digest_bytes, floor_cost
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.keys import (
@@ -146,6 +147,7 @@ class CheckpointStore:
         env: lmdb.Environment,
         path: Path,
         recent_limit: int,
+        digest_budget: int = DEFAULT_DIGEST_BUDGET,
     ) -> None:
         self.checkpoint = checkpoint
         self.writer_id = writer_id
@@ -153,6 +155,7 @@ class CheckpointStore:
         self.path = path
         self._env: lmdb.Environment | None = env
         self._recent_limit = recent_limit
+        self._digest_budget = digest_budget
         self._dbs: dict[bytes, Any] = {}
         self._seqs: dict[str, int] = {}
         self._failed_open: set[bytes] = set()
@@ -162,7 +165,7 @@ class CheckpointStore:
         # The recent-completion log: (record number, sources in it), oldest first.
         self._recent_log: deque[tuple[int, int]] = deque()
         self._recent_total = 0
-        self.ledger = SourceLedger(recent_limit=recent_limit)
+        self.ledger = SourceLedger(recent_limit=recent_limit, digest_budget=digest_budget)
         self.commits = 0
         self.load_seconds = 0.0
         self.other_writers = 0
@@ -182,6 +185,7 @@ class CheckpointStore:
         owner: dict[str, Any] | None = None,
         map_size: int = INITIAL_MAP_SIZE,
         recent_limit: int = DEFAULT_RECENT_LIMIT,
+        digest_budget: int = DEFAULT_DIGEST_BUDGET,
     ) -> CheckpointStore:
         """Open (create or reopen) ``writer_id``'s file in ``checkpoint_dir`` and load the ledger.
 
@@ -198,7 +202,7 @@ class CheckpointStore:
             others = writer_infos(checkpoint, exclude=path)
             overridden = check_fingerprint(checkpoint, others, fingerprint, description, allow_fingerprint_change)
         env = acquire_env(path, readonly=False, map_size=map_size)
-        store = cls(checkpoint, writer_id, fingerprint, env, path, recent_limit)
+        store = cls(checkpoint, writer_id, fingerprint, env, path, recent_limit, digest_budget)
         try:
             store._init_file(description, owner or {}, overridden)
             store._load()
@@ -273,19 +277,24 @@ class CheckpointStore:
             raise CheckpointError(f"ledger file {self.path} could not be read back after creation")
         with own:
             failed_run = [source_id_from_key(k) for k in own.failed()]
-            self.ledger = SourceLedger(scan.completed, failed_run, recent_limit=self._recent_limit)
+            self.ledger = SourceLedger(
+                scan.completed, failed_run, recent_limit=self._recent_limit, digest_budget=self._digest_budget
+            )
             self.meta = dict(own.meta)
             self._next_record = own.last_completion_record() + 1
             rows = list(own.inflight_rows())
             self._seqs = own.senders()
             self._recent_log.clear()
             self._recent_total = 0
-            recent: list[tuple[bytes, list[str]]] = []
-            for number, size, entries in own.recent_records():
-                self._recent_log.append((number, size))
-                self._recent_total += size
+            recent: list[tuple[bytes, bytes | None]] = []
+            for number, _, entries in own.recent_records():
+                weight = _recent_weight(entries)
+                self._recent_log.append((number, weight))
+                self._recent_total += weight
                 recent.extend(entries)
-            self.ledger.restore_recent(recent)
+            completed_now: set[bytes] = set()
+            own.add_completed_to(completed_now)
+            self.ledger.restore_recent(recent, completed_now)
         fix = self.ledger.restore(rows)
         if fix.needs_commit():
             logger.warning(
@@ -433,23 +442,29 @@ class CheckpointStore:
         return record, appended, pruned
 
     def _write_recent(self, txn: lmdb.Transaction, update: LedgerUpdate) -> tuple[tuple[int, int] | None, int]:
-        """Append the task ids of the sources completed in ``update``; prune beyond the window."""
+        """Append the digests of the sources completed in ``update``; prune beyond the budget.
+
+        The log's entries are ``(record number, weight)``: what the record's digests cost the
+        ledger at their narrowest width (``digests.floor_cost``). The newest records whose weight
+        stays within the ledger's digest budget are kept, a superset of the digests it holds.
+        """
         if not update.completed_keys:
             return None, 0
-        entries = list(zip(update.completed_keys, update.completed_seen, strict=True))
+        entries = [(k, digest_bytes(d)) for k, d in zip(update.completed_keys, update.completed_digests, strict=True)]
         db = self._dbs[DB_RECENT]
         number = self._recent_log[-1][0] + 1 if self._recent_log else 0
         txn.put(pack_u64(number), encode_recent_record(entries), db=db, append=True)
+        weight = _recent_weight(entries)
         pruned = 0
-        total = self._recent_total + len(entries)
-        # Keep the newest records covering at least ``recent_limit`` sources.
+        total = self._recent_total + weight
+        budget = self.ledger.digests.budget
         for old_number, size in self._recent_log:
-            if total - size < self._recent_limit:
+            if total <= budget:
                 break
             txn.delete(pack_u64(old_number), db=db)
             total -= size
             pruned += 1
-        return (number, len(entries)), pruned
+        return (number, weight), pruned
 
     # -- queries ----------------------------------------------------------------------
 
@@ -504,6 +519,11 @@ class CheckpointStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recent_weight(entries: list[tuple[bytes, bytes | None]]) -> int:
+    """What the digests of a recent-log record cost the ledger at their narrowest width."""
+    return sum(floor_cost(len(data) // 8) for _, data in entries if data is not None)
 
 
 def _json(value: bytes | None) -> Any:

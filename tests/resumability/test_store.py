@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nemo_curator.resumability.digests import floor_cost
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.inspect import checkpoint_status, describe_checkpoint
 from nemo_curator.resumability.keys import (
@@ -140,17 +141,18 @@ def test_a_run_cannot_reopen_its_file_with_another_pipeline(tmp_path: Path) -> N
         CheckpointStore.open(tmp_path, fingerprint="b", writer_id="run", verify_fingerprint=False)
 
 
-def test_recent_completion_log_is_pruned_to_the_window(tmp_path: Path) -> None:
-    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", recent_limit=5) as store:
+def test_recent_completion_log_is_pruned_to_the_digest_budget(tmp_path: Path) -> None:
+    budget = 5 * floor_cost(1)  # the 5 newest one-task digests at their narrowest width
+    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", digest_budget=budget) as store:
         for i in range(60):
             sid = source_id(500 + i)
             store.apply([Report(sid, sid, Credit.one())])
-        assert store.ledger.recent_count == 5
+        assert 1 <= store.ledger.recent_count <= 5 and store.ledger.digests.bytes_used <= budget
     with WriterFile.open(writer_path(tmp_path, "run")) as wf:  # type: ignore[union-attr]
         kept = [source_id_from_key(k) for _, _, entries in wf.recent_records() for k, _ in entries]
-    assert 5 <= len(kept) <= 10 and kept == [source_id(500 + i) for i in range(60 - len(kept), 60)]
-    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", recent_limit=5) as store:
-        assert store.ledger.recent_count == 5
+    assert kept == [source_id(500 + i) for i in range(55, 60)]
+    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", digest_budget=budget) as store:
+        assert 1 <= store.ledger.recent_count <= 5
         sid = source_id(559)
         update = store.apply([Report(sid, sid, Credit.one())])
         assert update is not None and update.duplicates == 1 and not update.anomalies
@@ -227,16 +229,15 @@ def test_any_source_id_survives_the_store(ids: list[str]) -> None:
 
 
 @st.composite
-def recent_entries(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+def recent_entries(draw: st.DrawFn) -> tuple[bytes, bytes]:
     sid = draw(source_ids)
-    suffixes = draw(st.lists(st.text(max_size=12), max_size=6, unique=True))
-    prefixed = draw(st.booleans())  # lineage ids start with the source id (the compact case)
-    return source_key(sid), [sid + s if prefixed else s for s in suffixes]
+    digest = draw(st.lists(st.integers(0, 2**64 - 1), max_size=6))
+    return source_key(sid), b"".join(v.to_bytes(8, "little") for v in sorted(digest))
 
 
 @budget()
 @given(st.lists(recent_entries(), max_size=8))
-def test_recent_completion_records_round_trip(entries: list[tuple[bytes, list[str]]]) -> None:
+def test_recent_completion_records_round_trip(entries: list[tuple[bytes, bytes]]) -> None:
     assert decode_recent_record(encode_recent_record(entries)) == entries
 
 
