@@ -138,7 +138,8 @@ def _width(digest: np.ndarray) -> int:
 
 def _shrink(digest: np.ndarray, width: int) -> np.ndarray:
     """Keep the top ``width`` bits of each fingerprint (order and matches are preserved)."""
-    return (digest.astype(np.uint64, copy=False) >> np.uint64(64 - width)).astype(_DTYPES[width])
+    shift = np.uint64(_width(digest) - width)
+    return (digest.astype(np.uint64, copy=False) >> shift).astype(_DTYPES[width])
 
 
 class DigestWindow:
@@ -192,15 +193,6 @@ class DigestWindow:
                 self._account(w, -self._cost(digest))
                 return digest
         return None
-
-    def rename(self, old: str, new: str) -> None:
-        """Hold ``old``'s digest under ``new`` (its position in the age order is kept)."""
-        for tier in self._tiers.values():
-            if old in tier:
-                tier[new] = tier.pop(old)
-                # Only long ids are renamed (see ``ledger``); re-inserting makes it the newest of
-                # its width, which at most delays its shrinking.
-                return
 
     # -- internals ------------------------------------------------------------------
 

@@ -38,8 +38,8 @@ Invariants (for every source ``s``):
    ids) and, for sources completed in this run, in ``_completed_now``.
 7. A source is known by its id; an id whose key is hashed (``keys.MAX_SOURCE_ID_BYTES``) comes
    back from the store as ``keys.source_id_from_key(key)``. Its first report after a restart
-   adopts the restored state held under that name, so in-flight credit, failure and digest
-   stay one source's.
+   adopts the in-flight state and failure restored under that name, and a digest restored
+   under it is looked up under it, so each stays one source's.
 
 ``apply(reports)`` / ``apply_batch(batch)`` return a ``LedgerUpdate`` with exactly what a store
 must persist for the batch. The ledger has no I/O; ``CheckpointStore`` commits each update in one
@@ -476,7 +476,6 @@ class SourceLedger:
         if alias in self._failed_run:
             self._failed_run.discard(alias)
             self._failed_run.add(sid)
-        self._digests.rename(alias, sid)
 
     def _report_for_settled(
         self,
@@ -507,7 +506,11 @@ class SourceLedger:
                 self._anomaly(COMPLETED_SOURCE, sid, tkey, detail, upd)
             self._revoke(sid, batch_completed, upd)
             return
-        known = self._digests.match(sid, fingerprint(tkey, packed))
+        fp = fingerprint(tkey, packed)
+        known = self._digests.match(sid, fp)
+        key = source_key(sid)
+        if known is None and is_hashed_key(key):  # a digest restored under the key's name (invariant 7)
+            known = self._digests.match(source_id_from_key(key), fp)
         if known and failure is None:
             upd.duplicates += 1
             return
@@ -519,7 +522,7 @@ class SourceLedger:
             self._anomaly(COMPLETED_SOURCE, sid, tkey, detail, upd)
             self._revoke(sid, batch_completed, upd)
             return
-        if source_key(sid) in self._completed_now:
+        if key in self._completed_now:
             self._unverified(sid, tkey, upd)
             return
         self._anomaly(COMPLETED_SOURCE, sid, tkey, "a report arrived for a source completed by an earlier run", upd)
@@ -573,6 +576,8 @@ class SourceLedger:
         self._completed.discard(key)
         self._completed_now.discard(key)
         self._digests.pop(sid)
+        if is_hashed_key(key):
+            self._digests.pop(source_id_from_key(key))
         self._failed_run.add(sid)
         batch_completed.pop(sid, None)
         upd.revoked.append(sid)

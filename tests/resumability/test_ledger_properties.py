@@ -11,6 +11,9 @@ reopened (a ledger restart from LMDB) at random batch boundaries. After every ba
 (iv)  returned credit never exceeds 1 (no anomaly) for these deterministic trees;
 (v)   restarts lose nothing and double-count nothing: every source completes exactly once, in
       the same batch as in an uninterrupted ledger, and what is on disk agrees.
+
+Source ids are framework-like hex ids, short text with any characters, and ids longer than
+``keys.MAX_SOURCE_ID_BYTES`` (stored by hash), so restarts are exercised with all three.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import itertools
 import tempfile
 from collections import defaultdict
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nemo_curator.resumability.digests import DigestWindow, digest_of, fingerprint, fingerprints
 from nemo_curator.resumability.inspect import checkpoint_status
+from nemo_curator.resumability.keys import MAX_SOURCE_ID_BYTES, source_id_from_key, source_key
 from nemo_curator.resumability.ledger import (
     COMPLETED_SOURCE,
     CREDIT_ABOVE_ONE,
@@ -40,10 +46,27 @@ def _leaf_ids(reports: list[Report]) -> set[str]:
     return {r.task_id for r in reports if r.failure is None}
 
 
+#: Source ids of every kind: framework hex ids, short text of any characters (NUL, emoji, ...),
+#: ids around and beyond the hashed-key threshold (3-byte characters cross it at 34).
+any_source_ids = st.one_of(
+    st.integers(0, 2**128 - 1).map(lambda i: f"{i:032x}"),
+    st.text(max_size=20),
+    st.text(
+        st.characters(min_codepoint=0x800, max_codepoint=0xFFFF, exclude_categories=["Cs"]), min_size=30, max_size=40
+    ),
+    st.text(min_size=MAX_SOURCE_ID_BYTES + 1, max_size=MAX_SOURCE_ID_BYTES + 60),
+)
+
+
+def _by_key(ids: object) -> set[bytes]:
+    return {source_key(s) for s in ids}  # type: ignore[attr-defined]
+
+
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[dict[str, Node], list[list[Report]], set[int]]:
     n_sources = draw(st.integers(1, 4), label="sources")
-    forest = {source_id(i): draw(trees(), label=f"tree {i}") for i in range(n_sources)}
+    ids = draw(st.lists(any_source_ids, min_size=n_sources, max_size=n_sources, unique_by=source_key), label="ids")
+    forest = {sid: draw(trees(), label=f"tree {i}") for i, sid in enumerate(ids)}
     reports = [r for sid, tree in forest.items() for r in tree_reports(sid, tree)]
     dups = draw(st.lists(st.integers(0, len(reports) - 1), max_size=len(reports)), label="duplicates")
     stream = draw(st.permutations(reports + [reports[i] for i in dups]), label="order")
@@ -111,20 +134,21 @@ def test_random_trees_interleavings_duplicates_and_restarts(
                         assert not complete
                 for sid, credit in ledger.in_flight().items():  # (iv)
                     assert not credit.exceeds_one() and not credit.is_one()
-                    assert sid not in failure_delivered
+                    assert source_key(sid) not in _by_key(failure_delivered)
                 if i in restarts:
-                    before = ledger.in_flight()
+                    before = {source_key(s): c for s, c in ledger.in_flight().items()}
                     store.close()
                     store = CheckpointStore.open(tmp, fingerprint="trees", writer_id="run-1")
-                    assert store.ledger.in_flight() == before  # (v) in-flight state reloads exactly
+                    # (v) in-flight state reloads exactly (long ids come back under their key's name)
+                    assert {source_key(s): c for s, c in store.ledger.in_flight().items()} == before
             assert completions == reference  # (v) same moment as without restarts
             expected_complete = {sid for sid in forest if sid not in failing}
             assert set(completions) == expected_complete
         finally:
             store.close()
         on_disk = checkpoint_status(tmp)
-        assert set(on_disk["completed"]) == expected_complete
-        assert set(on_disk["failed"]) == failure_delivered == failing
+        assert _by_key(on_disk["completed"]) == _by_key(expected_complete)
+        assert _by_key(on_disk["failed"]) == _by_key(failure_delivered) == _by_key(failing)
         assert on_disk["in_flight_sources"] == 0
 
 
@@ -304,3 +328,129 @@ def test_long_task_ids_are_deduplicated_by_hash(tmp_path: object) -> None:
     with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
         update = store.apply([Report(sid, long_ids[0], halves[0]), Report(sid, long_ids[1], halves[1])])
         assert update is not None and update.duplicates == 1 and update.completed == [sid]
+
+
+# -- long and odd source ids (issue 15, item 7) -----------------------------------------------------
+
+LONG_ID = "s3://bucket/" + "very-long-directory-name/" * 6 + "part-00001.jsonl"  # > 100 bytes: hashed key
+
+
+@budget()
+@given(st.one_of(any_source_ids, st.text(st.characters(codec=None, exclude_categories=[]), max_size=120)))
+def test_source_keys_round_trip(sid: str) -> None:
+    key = source_key(sid)
+    assert source_key(source_id_from_key(key)) == key
+    if len(sid.encode("utf-8", "surrogatepass")) <= MAX_SOURCE_ID_BYTES:
+        assert source_id_from_key(key) == sid
+
+
+def test_long_source_id_completes_after_a_restart(tmp_path: object) -> None:
+    halves = Credit.one().split(2)
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
+        store.apply([Report(LONG_ID, LONG_ID + "_0", halves[0])])
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
+        update = store.apply([Report(LONG_ID, LONG_ID + "_1", halves[1])])
+        assert update is not None and update.completed == [LONG_ID] and not update.anomalies
+        assert store.ledger.is_completed(LONG_ID) and store.ledger.in_flight_count == 0
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
+        # a late duplicate after another restart: recognised by the digest restored under the key's name
+        update = store.apply([Report(LONG_ID, LONG_ID + "_0", halves[0])])
+        assert update is not None and update.duplicates == 1 and not update.anomalies
+        assert store.ledger.is_completed(LONG_ID)
+    assert _by_key(checkpoint_status(str(tmp_path))["completed"]) == {source_key(LONG_ID)}
+
+
+def test_long_source_id_stays_failed_after_a_restart(tmp_path: object) -> None:
+    halves = Credit.one().split(2)
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
+        store.apply([Report(LONG_ID, LONG_ID + "_0", halves[0], failure="boom")])
+        assert store.ledger.is_failed_this_run(LONG_ID)
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1") as store:
+        assert store.ledger.is_failed_this_run(LONG_ID)
+        update = store.apply([Report(LONG_ID, LONG_ID + "_1", halves[1]), Report(LONG_ID, LONG_ID + "_0", halves[0])])
+        assert update is not None and update.ignored == 2 and not update.completed
+        assert store.ledger.in_flight_count == 0
+
+
+# -- bounded digests of completed sources (issue 15, item 5) ---------------------------------------
+
+
+@budget()
+@given(st.lists(st.tuples(st.text(max_size=300), st.integers(1, 2**70)), min_size=1, max_size=20))
+def test_fingerprints_do_not_depend_on_the_other_pairs_of_a_call(pairs: list[tuple[str, int]]) -> None:
+    together = fingerprints([t for t, _ in pairs], [c for _, c in pairs])
+    assert [int(v) for v in together] == [fingerprint(t, c) for t, c in pairs]
+
+
+def test_fingerprints_are_stable_across_processes_and_credit_spellings() -> None:
+    # A restarted ledger compares fresh fingerprints with persisted ones: the function may never change.
+    assert fingerprint("abc_0", (1 << 32) | 1) == fingerprint("abc_0", (2 << 32) | 2)  # 1/2 == 2/4
+    assert fingerprint("abc_0", (1 << 32) | 1) == 0x74C87C9A650D3500
+
+
+@budget()
+@given(
+    st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40), min_size=1, max_size=30),
+    st.integers(300, 6000),
+)
+def test_a_held_digest_always_recognises_its_own_fingerprints(digests: list[list[int]], budget_bytes: int) -> None:
+    window = DigestWindow(budget_bytes)
+    for i, fps in enumerate(digests):
+        window.add(str(i), digest_of(np.array(fps, dtype=np.uint64)))
+        assert window.bytes_used <= budget_bytes
+        for j, earlier in enumerate(digests[: i + 1]):
+            if str(j) in window:
+                assert all(window.match(str(j), fp) for fp in earlier)
+            else:
+                assert window.match(str(j), earlier[0]) is None
+    assert len(window) + window.dropped == len(digests)
+
+
+def _complete(ledger: SourceLedger, sid: str, n: int) -> list[Report]:
+    reports = [Report(sid, f"{sid}_{j}", c) for j, c in enumerate(Credit.one().split(n))]
+    assert ledger.apply(reports).completed == [sid]
+    return reports
+
+
+def test_digests_degrade_within_the_byte_budget_and_still_catch_new_tasks() -> None:
+    budget_bytes = 200_000
+    ledger = SourceLedger(digest_budget=budget_bytes)
+    reports = {source_id(i): _complete(ledger, source_id(i), 1000) for i in range(40)}
+    window = ledger.digests
+    assert window.bytes_used <= budget_bytes and window.widths()[16] and window.widths()[64]
+    for rs in reports.values():
+        update = ledger.apply([rs[7]])
+        assert not update.anomalies and update.duplicates + update.unverified == 1
+    # A new task for a source whose digest is held is an anomaly, whatever its width (16 bits here:
+    # a false match has probability 1000 / 2**16; this id and credit do not match).
+    held = next(iter(window.items()))[0]
+    update = ledger.apply([Report(held, f"{held}_new", Credit.make(1, 20))])
+    assert [a.kind for a in update.anomalies] == [COMPLETED_SOURCE] and update.revoked == [held]
+
+
+def test_late_duplicate_after_its_digest_was_dropped_keeps_the_completion(tmp_path: object) -> None:
+    # Before digests, a report for a complete source outside the recent window revoked it.
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1", recent_limit=2) as store:
+        first = [Report(source_id(0), f"{source_id(0)}_{j}", c) for j, c in enumerate(Credit.one().split(3))]
+        store.apply(first)
+        for i in range(1, 6):
+            store.apply([Report(source_id(i), source_id(i), Credit.one())])
+        assert source_id(0) not in store.ledger.digests
+        update = store.apply([first[1]])
+        assert update is not None and not update.anomalies and not update.revoked and update.unverified == 1
+        assert store.ledger.is_completed(source_id(0))
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w1", recent_limit=2) as store:
+        update = store.apply([first[2]])  # after a restart too
+        assert update is not None and not update.anomalies and update.unverified == 1
+        assert store.ledger.is_completed(source_id(0))
+    with CheckpointStore.open(str(tmp_path), fingerprint="f", writer_id="w2", recent_limit=2) as store:
+        update = store.apply([first[2]])  # a later run: the source was complete before it started
+        assert update is not None and [a.kind for a in update.anomalies] == [COMPLETED_SOURCE]
+
+
+def test_failure_of_a_task_of_a_complete_source_is_an_anomaly() -> None:
+    ledger = SourceLedger()
+    reports = _complete(ledger, source_id(3), 2)
+    again = Report(reports[0].source_id, reports[0].task_id, reports[0].credit, failure="died on retry")
+    update = ledger.apply([again])
+    assert [a.kind for a in update.anomalies] == [COMPLETED_SOURCE] and update.revoked == [source_id(3)]

@@ -2,12 +2,15 @@
 
 The model knows every source's tree. It tracks, for the current run, which of a source's
 reports were delivered, and whether the source is complete (forever) or failed (for this run).
-Rules add sources, deliver random batches (with duplicates), resend late duplicates of sources
-completed in this run (recognised, also after a restart), restart the ledger from LMDB (same
-run), start a new run (new writer: in-flight and failed sources are redone from scratch), and
-send a report for a source completed by an earlier run (an anomaly: its completion is revoked
-and it is redone). After every step the ledger and the on-disk status must agree with the model
-exactly, with no other anomaly.
+Rules add sources (framework hex ids, ids with odd characters, and ids longer than
+``keys.MAX_SOURCE_ID_BYTES``, which are stored by hash), deliver random batches (with
+duplicates), resend late duplicates of sources completed in this run (recognised by their
+digest, also after a restart; beyond the digest window they are counted as unverified and the
+completion is kept), restart the ledger from LMDB (same run), start a new run (new writer:
+in-flight and failed sources are redone from scratch), and send a report for a source
+completed by an earlier run (an anomaly: its completion is revoked and it is redone). After
+every step the ledger and the on-disk status must agree with the model exactly, with no other
+anomaly.
 """
 
 from __future__ import annotations
@@ -19,12 +22,26 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from nemo_curator.resumability.inspect import checkpoint_status
+from nemo_curator.resumability.keys import source_key
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
 from tests.resumability.examples import budget
 from tests.resumability.trees import Node, has_failure, source_id, tree_reports, trees
 
-RECENT_LIMIT = 64
+#: Completed sources that keep a digest: small, so that some late duplicates fall beyond it.
+RECENT_LIMIT = 4
+
+
+def _keys(ids: object) -> set[bytes]:
+    return {source_key(s) for s in ids}  # type: ignore[attr-defined]
+
+
+def _new_source_id(n: int, kind: str) -> str:
+    if kind == "long":
+        return f"s3://bucket/{'directory-é/' * 12}part-{n:05d}.jsonl"  # > 100 bytes: a hashed key
+    if kind == "odd":
+        return f"src\x00{n}\u00e9\U0001f600/\t"
+    return source_id(n)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -53,9 +70,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------
 
-    @rule(tree=trees(max_depth=5, max_nodes=12))
-    def add_source(self, tree: Node) -> None:
-        sid = source_id(len(self.trees))
+    @rule(tree=trees(max_depth=5, max_nodes=12), kind=st.sampled_from(["hex", "long", "odd"]))
+    def add_source(self, tree: Node, kind: str) -> None:
+        sid = _new_source_id(len(self.trees), kind)
         self.trees[sid] = tree
         self.reports[sid] = tree_reports(sid, tree)
         self.delivered[sid] = set()
@@ -94,6 +111,16 @@ class LedgerMachine(RuleBasedStateMachine):
         assert update is not None and not update.anomalies and not update.completed
         assert update.duplicates == 1
 
+    @precondition(lambda self: len(self.completed_this_run) > RECENT_LIMIT)
+    @rule(data=st.data())
+    def late_duplicate_beyond_the_digest_window(self, data: st.DataObject) -> None:
+        older = self.completed_this_run[:-RECENT_LIMIT]
+        sid = data.draw(st.sampled_from(older), label="source completed in this run, digest dropped")
+        report = data.draw(st.sampled_from(self.reports[sid]), label="duplicate")
+        update = self.store.apply([report])
+        assert update is not None and not update.anomalies and not update.revoked and not update.completed
+        assert update.unverified == 1
+
     @precondition(lambda self: bool(self.complete - set(self.completed_this_run)))
     @rule(data=st.data())
     def report_for_source_completed_earlier(self, data: st.DataObject) -> None:
@@ -110,10 +137,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.expected_anomalies = 0  # the counters restart with the ledger
-        before = self.store.ledger.in_flight()
+        before = {source_key(s): c for s, c in self.store.ledger.in_flight().items()}
         self.store.close()
         self.store = self._open()
-        assert self.store.ledger.in_flight() == before
+        assert {source_key(s): c for s, c in self.store.ledger.in_flight().items()} == before
 
     @rule()
     def new_run(self) -> None:
@@ -138,13 +165,13 @@ class LedgerMachine(RuleBasedStateMachine):
         assert ledger.stats.anomalies <= self.expected_anomalies
         for sid, credit in ledger.in_flight().items():
             assert not credit.exceeds_one() and not credit.is_one()
-            assert sid not in self.complete and sid not in self.failed_run
+            assert source_key(sid) not in _keys(self.complete) | _keys(self.failed_run)
 
     @invariant()
     def disk_matches_model(self) -> None:
         status = checkpoint_status(self.tmp)
-        assert set(status["completed"]) == self.complete
-        assert set(status["failed"]) == self.failed_ever - self.complete
+        assert _keys(status["completed"]) == _keys(self.complete)
+        assert _keys(status["failed"]) == _keys(self.failed_ever - self.complete)
         assert status["completed_sources"] == len(self.complete)
 
 
