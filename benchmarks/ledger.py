@@ -1,4 +1,5 @@
-"""Ledger benchmark: report throughput with LMDB commits, start-up load, memory per in-flight source.
+"""Ledger benchmark: report throughput with LMDB commits, start-up load, memory per in-flight source,
+and memory of completed sources at 1,000 outputs per source (the digests of late-duplicate detection).
 
 ``python -m benchmarks.ledger [--quick]`` prints one JSON object. Targets (issue 3): at least
 200,000 reports/s applied in batches including the LMDB commit; start-up load of a checkpoint
@@ -24,8 +25,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from nemo_curator.resumability.digests import digests_of, fingerprints
 from nemo_curator.resumability.keys import source_key
-from nemo_curator.resumability.ledger import LedgerUpdate, SourceLedger
+from nemo_curator.resumability.ledger import LedgerUpdate, SourceLedger, pack_credit
 from nemo_curator.resumability.report import ReportBatch
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.tasks.credit import Credit
@@ -112,8 +114,9 @@ def measure_load(root: Path, n_completed: int, write_batch: int = 100_000) -> di
     for begin in range(0, n_completed, write_batch):
         count = min(write_batch, n_completed - begin)
         ids = [rng.randbytes(16).hex() for _ in range(count)]
-        seen = [{f"{sid}_0": (1, 0)} for sid in ids]
-        store.commit(LedgerUpdate(completed=ids, completed_keys=[source_key(s) for s in ids], completed_seen=seen))
+        digests = digests_of(fingerprints([f"{sid}_0" for sid in ids], [pack_credit(1, 0)] * count), [1] * count)
+        update = LedgerUpdate(completed=ids, completed_keys=[source_key(s) for s in ids], completed_digests=digests)
+        store.commit(update)
     write_s = time.perf_counter() - start
     store.close()
     gc.collect()
@@ -157,6 +160,60 @@ def measure_inflight_memory(n_sources: int, leaves: int = 4, reported: int = 2) 
     return {"in_flight_sources": n_sources, "reported_tasks_per_source": reported, "bytes": held}
 
 
+def measure_completed_memory(
+    n_sources: int, tasks_per_source: int = 1000, digest_budget: int | None = None, batch_size: int = 5000
+) -> dict[str, Any]:
+    """Bytes the ledger holds after ``n_sources`` sources of ``tasks_per_source`` outputs each completed.
+
+    What stays per completed source is its key in the completed set and its digest (before
+    digests: its seen task ids and credits, for the most recent 16,384 sources). Reports go
+    through ``SourceLedger.apply_batch`` (no store), each source's outputs in a row.
+    """
+    kwargs = {} if digest_budget is None else {"digest_budget": digest_budget}
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    ledger = SourceLedger(**kwargs)
+    parts = Credit.one().split(tasks_per_source)
+    rng = random.Random(3)
+    sids: list[str] = []
+    tids: list[str] = []
+    nums: list[int] = []
+    exps: list[int] = []
+    start = time.perf_counter()
+    for _ in range(n_sources):
+        sid = rng.randbytes(16).hex()
+        for j, credit in enumerate(parts):
+            sids.append(sid)
+            tids.append(f"{sid}_{j}")
+            nums.append(credit.num)
+            exps.append(credit.exp)
+        if len(sids) >= batch_size:
+            ledger.apply_batch(ReportBatch(sids, tids, nums, exps, {}))
+            sids, tids, nums, exps = [], [], [], []
+    if sids:
+        ledger.apply_batch(ReportBatch(sids, tids, nums, exps, {}))
+    elapsed = time.perf_counter() - start
+    del sids, tids, nums, exps
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    if ledger.completed_count != n_sources or ledger.in_flight_count:
+        raise RuntimeError("completed-memory benchmark: sources did not complete")
+    window = getattr(ledger, "digests", None)
+    return {
+        "sources": n_sources,
+        "tasks_per_source": tasks_per_source,
+        "digest_budget": window.budget if window is not None else None,
+        "bytes": held,
+        "bytes_per_source": held / n_sources,
+        "digest_bytes": window.bytes_used if window is not None else None,
+        "digest_widths": window.widths() if window is not None else None,
+        "sources_with_digest": ledger.recent_count,
+        "seconds_traced": elapsed,
+    }
+
+
 def calibration_ns_per_dict_get() -> float:
     """A machine-speed yardstick: ns per ``dict.get`` in a Python loop (about 25-40 on an idle core).
 
@@ -181,6 +238,9 @@ def run_ledger_benchmark(quick: bool = False) -> dict[str, Any]:
         throughput = measure_throughput(root, n_sources=40_000 if quick else 250_000)
         load = measure_load(root, n_completed=100_000 if quick else 1_000_000)
         memory = measure_inflight_memory(n_sources=20_000 if quick else 100_000)
+        completed_default = measure_completed_memory(n_sources=200 if quick else 2000)
+        # A small budget, to show that it binds (the default binds at about 8,000 such sources).
+        completed_bound = measure_completed_memory(n_sources=200 if quick else 2000, digest_budget=1 << 20)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
@@ -189,6 +249,8 @@ def run_ledger_benchmark(quick: bool = False) -> dict[str, Any]:
         "load_1m_completed_s": load["load_s"],
         "load_completed_sources": load["completed_sources"],
         "bytes_per_inflight_source": memory["bytes"] / memory["in_flight_sources"],
+        "bytes_per_completed_source_1000_outputs": completed_default["bytes_per_source"],
+        "completed_memory": [completed_default, completed_bound],
         "load_average_1m": os.getloadavg()[0],
         "calibration_ns_per_dict_get": calibration_ns_per_dict_get(),
         "throughput": throughput,

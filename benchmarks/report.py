@@ -184,6 +184,13 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
                 f"| {ledger['load_1m_completed_s']:.2f} | <= {TARGET_LOAD_1M_S} (1M) |",
                 f"| memory per in-flight source (bytes) | {ledger.get('bytes_per_inflight_source', 0):,.0f} | |",
             ]
+            for m in ledger.get("completed_memory", []):
+                lines.append(
+                    f"| memory after {m['sources']:,} sources of {m['tasks_per_source']:,} outputs completed, digest "
+                    f"budget {m['digest_budget']:,} B (bytes; digests at 64/32/16 bits: "
+                    f"{'/'.join(str(v) for v in m['digest_widths'].values())}) | {m['bytes']:,.0f} | <= budget + "
+                    "~100 B per source |"
+                )
         lines.append("")
     messages = summary.get("messages", {})
     if messages:

@@ -1,7 +1,8 @@
 """Digests of completed sources: recognise a late exact duplicate report in bounded memory.
 
 When a source completes, the ledger drops its per-task state and keeps a *digest*: the sorted
-64-bit fingerprints of its ``(task dedup key, credit)`` pairs (``fingerprints``). A later report
+64-bit fingerprints of its ``(task dedup key, credit)`` pairs (``fingerprints``), held as the
+bytes of little-endian unsigned integers (the form the store persists, too). A later report
 for the source is an exact duplicate exactly when its fingerprint is in the digest, up to hash
 collisions: a report that is *not* a duplicate is taken for one with probability at most
 ``n / 2**w`` for a digest of ``n`` tasks held at width ``w`` bits (it matches one of ``n``
@@ -40,7 +41,7 @@ ENTRY_OVERHEAD = 300
 
 #: Widths a digest is held at, widest first.
 WIDTHS = (64, 32, 16)
-_DTYPES = {64: np.uint64, 32: np.uint32, 16: np.uint16}
+_DTYPES = {64: np.dtype("<u8"), 32: np.dtype("<u4"), 16: np.dtype("<u2")}
 
 #: Bits of a packed credit (``num << EXP_BITS | exp``) that hold the exponent.
 EXP_BITS = 32
@@ -67,6 +68,19 @@ def _credit_word(packed: int) -> int:
     if packed <= _M64:
         return packed
     return (packed & _M64) ^ (hash(packed >> 64) * 0x9E3779B97F4A7C15 & _M64)  # int hash is not salted
+
+
+def _credit_words(credits: list[int]) -> np.ndarray:
+    """``_credit_word`` of each credit; vectorized when all fit 64 bits and are in lowest terms."""
+    try:
+        packed = np.array(credits, dtype=np.uint64)
+    except OverflowError:
+        packed = None
+    if packed is not None:
+        num, exp = packed >> np.uint64(EXP_BITS), packed & np.uint64(_EXP_MASK)
+        if not ((num & np.uint64(1) == 0) & (exp != 0) & (num != 0)).any():
+            return packed
+    return np.fromiter(map(_credit_word, credits), dtype=np.uint64, count=len(credits))
 
 
 def _mix(h: np.ndarray) -> None:
@@ -98,7 +112,7 @@ def fingerprints(task_keys: list[str], credits: list[int]) -> np.ndarray:
             mixed = h ^ words[:, column]
             _mix(mixed)
             h = np.where(nwords > column, mixed, h)
-        h ^= np.fromiter(map(_credit_word, credits), dtype=np.uint64, count=n)
+        h ^= _credit_words(credits)
         _mix(h)
         h ^= h >> np.uint64(33)
         h *= _FMIX1
@@ -113,18 +127,24 @@ def fingerprint(task_key: str, packed_credit: int) -> int:
     return int(fingerprints([task_key], [packed_credit])[0])
 
 
-def digest_of(fps: np.ndarray) -> np.ndarray:
-    """A 64-bit digest: the fingerprints sorted (duplicates kept; they cost nothing to look up)."""
-    return np.sort(fps.astype(np.uint64, copy=False))
+def digest_of(fps: np.ndarray) -> bytes:
+    """A 64-bit digest: the fingerprints sorted, as little-endian ``u64`` bytes."""
+    return np.sort(fps.astype(np.uint64, copy=False)).astype(_DTYPES[64]).tobytes()
 
 
-def digest_bytes(digest: np.ndarray) -> bytes:
-    """Stored form of a 64-bit digest: little-endian ``u64`` values."""
-    return digest.astype("<u8", copy=False).tobytes()
-
-
-def digest_from_bytes(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+def digests_of(fps: np.ndarray, counts: list[int]) -> list[bytes]:
+    """``digest_of`` each consecutive run of ``counts`` fingerprints, in one sort for all of them."""
+    if len(counts) == 1:
+        return [digest_of(fps)]
+    segment = np.repeat(np.arange(len(counts)), counts)
+    data = fps[np.lexsort((fps, segment))].astype(_DTYPES[64]).tobytes()
+    out = []
+    start = 0
+    for n in counts:
+        end = start + 8 * n
+        out.append(data[start:end])
+        start = end
+    return out
 
 
 def floor_cost(n_tasks: int) -> int:
@@ -132,14 +152,10 @@ def floor_cost(n_tasks: int) -> int:
     return ENTRY_OVERHEAD + 2 * n_tasks
 
 
-def _width(digest: np.ndarray) -> int:
-    return digest.dtype.itemsize * 8
-
-
-def _shrink(digest: np.ndarray, width: int) -> np.ndarray:
-    """Keep the top ``width`` bits of each fingerprint (order and matches are preserved)."""
-    shift = np.uint64(_width(digest) - width)
-    return (digest.astype(np.uint64, copy=False) >> shift).astype(_DTYPES[width])
+def _shrink(digest: bytes, width: int, new_width: int) -> bytes:
+    """Keep the top ``new_width`` of ``width`` bits of each fingerprint (order and matches are preserved)."""
+    values = np.frombuffer(digest, dtype=_DTYPES[width]).astype(np.uint64)
+    return (values >> np.uint64(width - new_width)).astype(_DTYPES[new_width]).tobytes()
 
 
 class DigestWindow:
@@ -150,13 +166,14 @@ class DigestWindow:
         self.max_sources = max_sources
         self.bytes_used = 0
         self.dropped = 0
+        self._count = 0
         # One ordered map per width, oldest first; every 16-bit digest is older than every 32-bit
         # one, which is older than every 64-bit one.
-        self._tiers: dict[int, OrderedDict[str, np.ndarray]] = {w: OrderedDict() for w in WIDTHS}
+        self._tiers: dict[int, OrderedDict[str, bytes]] = {w: OrderedDict() for w in WIDTHS}
         self._tier_bytes = dict.fromkeys(WIDTHS, 0)
 
     def __len__(self) -> int:
-        return sum(len(t) for t in self._tiers.values())
+        return self._count
 
     def __contains__(self, sid: object) -> bool:
         return any(sid in t for t in self._tiers.values())
@@ -165,46 +182,52 @@ class DigestWindow:
         """Number of digests held at each width."""
         return {w: len(t) for w, t in self._tiers.items()}
 
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+    def items(self) -> Iterator[tuple[str, bytes]]:
         """``(source id, digest)`` oldest first."""
         for w in reversed(WIDTHS):
             yield from self._tiers[w].items()
 
-    def add(self, sid: str, digest: np.ndarray) -> None:
-        """Hold ``digest`` (a sorted ``uint64`` array) as the newest; then enforce the budget."""
-        self.pop(sid)
+    def add(self, sid: str, digest: bytes) -> None:
+        """Hold ``digest`` (``digest_of``) of ``sid``, which holds none, as the newest; enforce the budget.
+
+        (A source completes at most once in a run: a revoked one stays failed for the run.)
+        """
         self._put(64, sid, digest)
-        self._enforce()
+        self._count += 1
+        if self.bytes_used > self.budget or (self.max_sources is not None and self._count > self.max_sources):
+            self._enforce()
 
     def match(self, sid: str, fp: int) -> bool | None:
         """Whether fingerprint ``fp`` is in ``sid``'s digest; ``None`` when no digest is held."""
         for w, tier in self._tiers.items():
             digest = tier.get(sid)
             if digest is not None:
+                values = np.frombuffer(digest, dtype=_DTYPES[w])
                 value = fp >> (64 - w)
-                i = int(np.searchsorted(digest, value))
-                return i < len(digest) and int(digest[i]) == value
+                i = int(np.searchsorted(values, value))
+                return i < len(values) and int(values[i]) == value
         return None
 
-    def pop(self, sid: str) -> np.ndarray | None:
+    def pop(self, sid: str) -> bytes | None:
         for w, tier in self._tiers.items():
             digest = tier.pop(sid, None)
             if digest is not None:
                 self._account(w, -self._cost(digest))
+                self._count -= 1
                 return digest
         return None
 
     # -- internals ------------------------------------------------------------------
 
     @staticmethod
-    def _cost(digest: np.ndarray) -> int:
-        return ENTRY_OVERHEAD + digest.nbytes
+    def _cost(digest: bytes) -> int:
+        return ENTRY_OVERHEAD + len(digest)
 
     def _account(self, width: int, delta: int) -> None:
         self._tier_bytes[width] += delta
         self.bytes_used += delta
 
-    def _put(self, width: int, sid: str, digest: np.ndarray) -> None:
+    def _put(self, width: int, sid: str, digest: bytes) -> None:
         self._tiers[width][sid] = digest
         self._account(width, self._cost(digest))
 
@@ -216,9 +239,10 @@ class DigestWindow:
                 wide = 32 if tiers[32] else 64
                 sid, digest = tiers[wide].popitem(last=False)
                 self._account(wide, -self._cost(digest))
-                self._put(wide // 2, sid, _shrink(digest, wide // 2))
+                self._put(wide // 2, sid, _shrink(digest, wide, wide // 2))
                 continue
             oldest = next(w for w in reversed(WIDTHS) if tiers[w])
             _, digest = tiers[oldest].popitem(last=False)
             self._account(oldest, -self._cost(digest))
+            self._count -= 1
             self.dropped += 1

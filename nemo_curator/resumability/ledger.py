@@ -52,15 +52,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
-import numpy as np
 from loguru import logger
 
 from nemo_curator.resumability.digests import (
     DEFAULT_DIGEST_BUDGET,
     EXP_BITS,
     DigestWindow,
-    digest_from_bytes,
-    digest_of,
+    digests_of,
     fingerprint,
     fingerprints,
 )
@@ -119,8 +117,8 @@ class LedgerUpdate:
     """What one ``apply`` changed; a store persists it in one transaction.
 
     ``completed`` lists the newly completed source ids; ``completed_keys`` their
-    ``keys.source_key`` and ``completed_digests`` their digests (sorted ``uint64`` fingerprints of
-    their ``(task, credit)`` pairs, ``digests.fingerprints``), aligned with it. ``inflight_added`` holds the
+    ``keys.source_key`` and ``completed_digests`` their digests (``digests.digest_of``: the sorted
+    fingerprints of their ``(task, credit)`` pairs), aligned with it. ``inflight_added`` holds the
     ``(source_key, task_dedup_key, num, exp)`` rows (credit ``num / 2**exp``) accepted in this
     batch for sources still in flight at its end (rows of sources that completed or failed
     within the batch are never written). ``inflight_cleared`` lists the source keys of sources
@@ -132,7 +130,7 @@ class LedgerUpdate:
 
     completed: list[str] = field(default_factory=list)
     completed_keys: list[bytes] = field(default_factory=list)
-    completed_digests: list[np.ndarray] = field(default_factory=list)
+    completed_digests: list[bytes] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     revoked: list[str] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
@@ -151,9 +149,8 @@ class LedgerUpdate:
             return
         task_keys = [t for st in states for t in st.seen]
         credits = [c for st in states for c in st.seen.values()]
-        fps = fingerprints(task_keys, credits)  # one vectorized call for the whole batch
-        bounds = np.cumsum([len(st.seen) for st in states])[:-1]
-        self.completed_digests = [digest_of(part) for part in np.split(fps, bounds)]
+        fps = fingerprints(task_keys, credits)  # vectorized: one call for the whole batch
+        self.completed_digests = digests_of(fps, [len(st.seen) for st in states])
 
     def needs_commit(self) -> bool:
         """Whether anything must be written."""
@@ -313,7 +310,9 @@ class SourceLedger:
         for key, data in entries:
             if data is None or key not in completed:
                 continue
-            self._digests.add(source_id_from_key(key), digest_from_bytes(data))
+            sid = source_id_from_key(key)
+            self._digests.pop(sid)
+            self._digests.add(sid, data)
 
     def restore(self, rows: Iterable[tuple[bytes, str, int, int]]) -> LedgerUpdate:
         """Reload persisted in-flight rows ``(source_key, task_dedup_key, num, exp)`` of this run.

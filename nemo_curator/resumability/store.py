@@ -33,7 +33,7 @@ import lmdb
 from loguru import logger
 
 from nemo_curator.resumability.checkpoint import validate_checkpoint_dir
-from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET, digest_bytes, floor_cost
+from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET, floor_cost
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.keys import (
@@ -450,7 +450,7 @@ class CheckpointStore:
         """
         if not update.completed_keys:
             return None, 0
-        entries = [(k, digest_bytes(d)) for k, d in zip(update.completed_keys, update.completed_digests, strict=True)]
+        entries = list(zip(update.completed_keys, update.completed_digests, strict=True))
         db = self._dbs[DB_RECENT]
         number = self._recent_log[-1][0] + 1 if self._recent_log else 0
         txn.put(pack_u64(number), encode_recent_record(entries), db=db, append=True)
