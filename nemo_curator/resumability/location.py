@@ -51,7 +51,8 @@ DRIVER_PACKAGES = {
 }
 
 #: Defaults for S3 when the user gave none: fail in seconds, not minutes, when the endpoint is down.
-S3_DEFAULT_OPTIONS: dict[str, Any] = {"retries": 2}
+#: s3fs's own retry loop (a class attribute of ``S3FileSystem``, not an option).
+S3_DEFAULT_RETRIES = 2
 S3_DEFAULT_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2, "mode": "standard"}}
 
 T = TypeVar("T")
@@ -222,14 +223,15 @@ def _filesystem(config: CheckpointConfig) -> Any:
         raise _driver_missing(config, protocol, exc) from exc
     options = dict(config.storage_options or {})
     if protocol in ("s3", "s3a"):
-        for key, value in S3_DEFAULT_OPTIONS.items():
-            options.setdefault(key, value)
         user_config = dict(options.get("config_kwargs") or {})
         for key, value in S3_DEFAULT_CONFIG.items():
             user_config.setdefault(key, value)
         options["config_kwargs"] = user_config
     try:
-        return cls(**options)
+        fs = cls(**options)
+        if protocol in ("s3", "s3a") and "retries" not in type(fs).__dict__ and "retries" not in vars(fs):
+            fs.retries = S3_DEFAULT_RETRIES
+        return fs
     except ImportError as exc:
         raise _driver_missing(config, protocol, exc) from exc
     except Exception as exc:
