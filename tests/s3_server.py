@@ -128,7 +128,11 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name=REGION
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name=REGION,
         )
 
     def make_bucket(self, name: str | None = None) -> str:

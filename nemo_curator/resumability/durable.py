@@ -60,7 +60,12 @@ class WriterObjects:
         return max(self.snapshots, key=lambda n: (n.number, n.nonce), default=None)
 
     def needed(self) -> list[ObjectName]:
-        """What a reader must read: one header, the newest snapshot, the segments after it."""
+        """What a reader must read: one header, the newest snapshot, the segments after it.
+
+        Nothing for a writer without a header (its records are ignored, with a warning).
+        """
+        if not self.headers:
+            return []
         snap = self.newest_snapshot()
         upto = snap.number if snap is not None else -1
         out = sorted(self.headers, key=lambda n: n.nonce)[:1]
@@ -150,8 +155,7 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
     states: dict[str, WriterState] = {}
     for writer_id, objs in writers.items():
         needed = objs.needed()
-        header_names = [n for n in needed if n.kind == "header"]
-        if not header_names:
+        if not needed:
             logger.warning(
                 "checkpoint {}: writer {} has records but no header object; its records are ignored (its sources "
                 "are redone). Fix: none needed; if you copied the checkpoint, copy {}/{}/header-*.rec too",
@@ -161,13 +165,21 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
                 writer_id,
             )
             continue
-        header = decoded[header_names[0].path]
+        header = decoded[needed[0].path]
         assert isinstance(header, WriterHeader)
         headers[writer_id] = header
         snaps = [(n, decoded[n.path]) for n in needed if n.kind == "snap"]
         segs = [(n, decoded[n.path]) for n in needed if n.kind == "seg"]
         states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)  # type: ignore[arg-type]
         states[writer_id].stamp = max(states[writer_id].stamp, header.start_stamp)
+    if unexpected:
+        logger.warning(
+            "checkpoint {}: ignoring {} unexpected object(s) under {}/ (e.g. {}); they are left alone",
+            location.display,
+            len(unexpected),
+            LEDGER_PREFIX,
+            unexpected[0],
+        )
     return CheckpointRead(
         headers=headers,
         states=states,

@@ -96,7 +96,8 @@ class LocalLocation:
         out = []
         for dirpath, _dirs, files in os.walk(base):
             rel = Path(dirpath).relative_to(self.root).as_posix()
-            out.extend(f"{rel}/{name}" for name in files if not name.startswith(TMP_PREFIX))
+            # Hidden names: temporary files of writes in progress, and the directory's write probe.
+            out.extend(f"{rel}/{name}" for name in files if not name.startswith("."))
         return out
 
     def entries(self, prefix: str) -> list[str]:
