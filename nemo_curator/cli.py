@@ -119,7 +119,7 @@ def demo(
 
 @cli.group()
 def checkpoint() -> None:
-    """Inspect checkpoint directories."""
+    """Inspect checkpoints (directories or fsspec URLs)."""
 
 
 #: Scalar entries of ``checkpoint_status`` shown by ``checkpoint status`` (in this order, when present).
@@ -152,24 +152,61 @@ def _readable_status(directory: str, status: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parse_storage_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as fsspec storage options.
+
+    A value is parsed as JSON when it is valid JSON (``true``, ``5``, ``{"a": 1}``), else kept as
+    text; a dotted key (``client_kwargs.region_name=us-east-1``) sets a nested entry.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise click.BadParameter(f"{key!r} nests under a non-dict value", param_hint="--storage-option")
+        target[leaf] = value
+    return options
+
+
 @checkpoint.command("status")
-@click.argument("directory", metavar="DIR", type=click.Path())
+@click.argument("location", metavar="DIR_OR_URL")
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An fsspec storage option for a URL (repeatable), e.g. endpoint_url=http://host:9000, key=..., "
+    "client_kwargs.region_name=us-east-1. Values are JSON when they parse as JSON.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def checkpoint_status_command(directory: str, as_json: bool) -> None:
-    """Show which sources a checkpoint directory records as complete or failed."""
-    from nemo_curator.resumability.checkpoint import CheckpointError
+def checkpoint_status_command(location: str, storage_options: tuple[str, ...], as_json: bool) -> None:
+    """Show which sources a checkpoint (a directory or an fsspec URL such as s3://bucket/prefix) records.
+
+    Read-only: nothing is created or changed, also while a run writes the checkpoint.
+    """
+    from nemo_curator.resumability.errors import CheckpointError
     from nemo_curator.resumability.inspect import checkpoint_status
 
     _configure_logging(False)
+    options = parse_storage_options(storage_options)
     try:
-        status = checkpoint_status(directory)
+        status = checkpoint_status(location, storage_options=options or None)
     except (CheckpointError, FileNotFoundError, NotADirectoryError) as exc:
-        click.echo(f"Error: cannot read checkpoint {directory!r}: {exc}", err=True)
+        click.echo(f"Error: cannot read checkpoint {location!r}: {exc}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True, default=str))
     else:
-        for line in _readable_status(directory, status):
+        for line in _readable_status(location, status):
             click.echo(line)
 
 

@@ -20,14 +20,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from loguru import logger
 
 from nemo_curator.backends.stage_adapter import SourceFilter, StageAdapter, StageRole, initial_task_id
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import EmptyTask, FailedTask, Task, is_sentinel
+
+if TYPE_CHECKING:
+    from nemo_curator.resumability.config import CheckpointConfig
 
 
 class CompletionTracker(Protocol):
@@ -183,9 +185,13 @@ class BaseExecutor(ABC):
 
     name: str = "base"
 
-    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
+    ) -> None:
         self.config: dict[str, Any] = dict(config or {})
-        self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
+        # Kept as given (a path, URL or CheckpointConfig): coerced in _open_tracker, so that
+        # nemo_curator.resumability is imported only by a checkpointed run.
+        self.checkpoint: str | os.PathLike | CheckpointConfig | None = checkpoint
         self.last_summary: RunSummary | None = None
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
@@ -239,11 +245,12 @@ class BaseExecutor(ABC):
         Config ``allow_pipeline_change=True`` reuses a checkpoint written by a different
         pipeline (with a loud warning) instead of refusing it.
         """
+        from nemo_curator.resumability.config import coerce_checkpoint
         from nemo_curator.resumability.tracker import LedgerTracker
 
         assert self.checkpoint is not None
         return LedgerTracker.open(
-            self.checkpoint,
+            coerce_checkpoint(self.checkpoint),
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
         )

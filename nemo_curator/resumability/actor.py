@@ -1,19 +1,22 @@
 """The shared ledger actor (one per checkpoint directory) and its driver-side handle.
 
-``LedgerHandle.open(dir, stages)`` validates the directory and the pipeline fingerprint *in the
-driver* (clear errors before any work), replaces a leftover actor of a dead run, and starts one
-``LedgerActor`` named after the resolved directory (``nemo_curator_ledger_<hash>`` in the
-``nemo_curator`` namespace), pinned to the driver's node (the LMDB file is local to it), owned by
-the driver (not detached: it dies with the driver) and restartable (``max_restarts``).
+``LedgerHandle.open(checkpoint, stages)`` (a path, URL or ``CheckpointConfig``) validates the
+location and the pipeline fingerprint *in the driver* (clear errors before any work), replaces a
+leftover actor of a dead run, and starts one ``LedgerActor`` named after the location
+(``nemo_curator_ledger_<hash>`` in the ``nemo_curator`` namespace), pinned to the driver's node
+(its LMDB cache is local to it), owned by the driver (not detached: it dies with the driver) and
+restartable (``max_restarts``).
 
 Guarantees:
-- ``report(batch)`` is acknowledged: the actor commits the batch to LMDB before it returns, so
-  the driver may drop a batch only once it is durable;
+- ``report(batch)`` is acknowledged: the actor makes the batch durable at the checkpoint
+  location (``CheckpointStore.apply``) before it returns, so the driver may drop a batch only
+  once it is durable;
 - retried calls are safe. Each batch carries ``(sender, seq)``; the store commits ``seq`` in the
   same transaction as the batch and ignores a batch it has already committed. So Ray's own retry
   of an in-flight call after an actor restart (``max_task_retries=-1``) and the handle's resend
   after an error never count a report twice; report deduplication by task id is a second guard;
-- a restarted actor reopens the same writer file and reloads its in-flight state exactly;
+- a restarted actor (on any node, with any cache) reopens the same writer's durable record and
+  reloads its in-flight state exactly;
 - when the actor is gone for good, calls raise ``LedgerUnavailableError`` instead of running on
   without tracking.
 """
@@ -30,7 +33,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -38,6 +40,7 @@ from loguru import logger
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableError
 from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
 from nemo_curator.resumability.layout import new_writer_id
@@ -55,10 +58,10 @@ DEFAULT_MAX_RESTARTS = 4
 UNAVAILABLE_TIMEOUT_S = 180.0
 
 
-def ledger_actor_name(checkpoint_dir: str | os.PathLike) -> str:
-    """The actor name for a checkpoint directory: a short hash of its resolved path."""
-    resolved = str(Path(os.fspath(checkpoint_dir)).expanduser().resolve())
-    return ACTOR_NAME_PREFIX + hashlib.blake2b(resolved.encode(), digest_size=8).hexdigest()
+def ledger_actor_name(checkpoint: str | os.PathLike | CheckpointConfig) -> str:
+    """The actor name for a checkpoint location: a short hash of its canonical name (``location_id``)."""
+    location_id = coerce_checkpoint(checkpoint).location_id
+    return ACTOR_NAME_PREFIX + hashlib.blake2b(location_id.encode(), digest_size=8).hexdigest()
 
 
 # Actors this process opened and has not closed: name -> writer id.
@@ -90,7 +93,7 @@ class LedgerActor:
 
     def __init__(
         self,
-        checkpoint_dir: str,
+        checkpoint: CheckpointConfig | str,
         writer_id: str,
         fingerprint: str,
         description: list[dict[str, Any]] | None,
@@ -103,7 +106,7 @@ class LedgerActor:
         # The driver checked the fingerprint before starting us; checking again here records an
         # allowed override in the file. A restart reopens this run's own file and is not re-checked.
         self._store = CheckpointStore.open(
-            checkpoint_dir,
+            checkpoint,
             fingerprint=fingerprint,
             description=description,
             writer_id=writer_id,
@@ -121,17 +124,16 @@ class LedgerActor:
         self._sources_skipped = int(meta.get("sources_skipped", 0) or 0)
         if self._reconstructed:
             logger.warning(
-                "ledger actor for {} restarted; reloaded {} in-flight source(s) from {}",
-                checkpoint_dir,
+                "ledger actor for {} restarted; reloaded {} in-flight source(s) from its durable record",
+                self._store.checkpoint,
                 self._store.ledger.in_flight_count,
-                self._store.path,
             )
 
     def owner(self) -> dict[str, Any]:
         return {**self._owner, "actor_pid": os.getpid()}
 
     def report(self, batch: ReportBatch, sender: str, seq: int) -> LedgerAck:
-        """Apply and commit one batch; returns the acknowledgement (after the LMDB commit)."""
+        """Apply one batch and make it durable; returns the acknowledgement (after the durable write)."""
         update = self._store.apply(batch, sender=sender, seq=seq, meta=self._counters())
         return LedgerAck.of(self.status(), seq=seq, update=update)
 
@@ -160,7 +162,7 @@ class LedgerActor:
         return status
 
     def _counters(self) -> dict[str, int]:
-        """The actor's counters, recorded in the writer file's metadata with each commit."""
+        """The actor's counters, recorded with the writer's segments and snapshots."""
         return {"sources_seen": self._sources_seen, "sources_skipped": self._sources_skipped}
 
 
@@ -257,7 +259,7 @@ class LedgerHandle:
         self,
         actor: Any,
         name: str,
-        checkpoint: Path,
+        checkpoint: str,
         writer_id: str,
         fingerprint: str,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
@@ -278,7 +280,7 @@ class LedgerHandle:
     @classmethod
     def open(
         cls,
-        checkpoint_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | CheckpointConfig,
         stages_or_fingerprint: Sequence[Any] | str,
         *,
         allow_fingerprint_change: bool = False,
@@ -287,7 +289,7 @@ class LedgerHandle:
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
         wait: bool = True,
     ) -> LedgerHandle:
-        """Validate ``checkpoint_dir`` and the pipeline, then start the ledger actor.
+        """Validate the ``checkpoint`` location and the pipeline, then start the ledger actor.
 
         ``stages_or_fingerprint`` is the built stage list (or a fingerprint from
         ``pipeline_fingerprint``). Raises ``CheckpointError`` (bad directory, a run already using
@@ -303,28 +305,26 @@ class LedgerHandle:
         else:
             description = describe_fingerprint(list(stages_or_fingerprint))
             fingerprint = fingerprint_of_description(description)
-        checkpoint = preflight(
-            checkpoint_dir, fingerprint, description, allow_fingerprint_change=allow_fingerprint_change
-        )
+        config = preflight(checkpoint, fingerprint, description, allow_fingerprint_change=allow_fingerprint_change)
         if not ray.is_initialized():
             raise RuntimeError("LedgerHandle.open needs an initialized Ray (the executor starts it)")
-        name = ledger_actor_name(checkpoint)
+        name = ledger_actor_name(config)
         writer_id = new_writer_id()
         ctx = ray.get_runtime_context()
         owner = {
             **this_process(),
             "writer_id": writer_id,
             "job_id": ctx.get_job_id(),
-            "checkpoint": str(checkpoint),
+            "checkpoint": config.display,
         }
         actor = _start_actor(
             name,
-            checkpoint,
-            args=(str(checkpoint), writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
+            config.display,
+            args=(config, writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
             max_restarts=max_restarts,
             node_id=ctx.get_node_id(),
         )
-        handle = cls(actor, name, checkpoint, writer_id, fingerprint, timeout_s)
+        handle = cls(actor, name, config.display, writer_id, fingerprint, timeout_s)
         handle._startup = actor.status.remote()
         with _open_handles_lock:
             _open_handles[name] = writer_id
@@ -422,7 +422,7 @@ class LedgerHandle:
         return self._actor
 
     def close(self) -> LedgerStatus | None:
-        """Close the store, stop the actor and return its final status; the LMDB file stays.
+        """Close the store, stop the actor and return its final status; the durable record stays.
 
         Idempotent. When the actor is already gone this returns ``None`` (what it acknowledged is
         recorded).
@@ -457,7 +457,7 @@ class LedgerHandle:
         self.close()
 
 
-def _start_actor(name: str, checkpoint: Path, *, args: tuple[Any, ...], max_restarts: int, node_id: str) -> Any:
+def _start_actor(name: str, checkpoint: str, *, args: tuple[Any, ...], max_restarts: int, node_id: str) -> Any:
     """Create the named actor, replacing a leftover one whose run is no longer alive."""
     remote_cls = _remote_class()
     for _ in range(50):
@@ -482,7 +482,7 @@ def _start_actor(name: str, checkpoint: Path, *, args: tuple[Any, ...], max_rest
     )
 
 
-def _replace_stale_actor(name: str, checkpoint: Path) -> None:
+def _replace_stale_actor(name: str, checkpoint: str) -> None:
     """Kill a live actor of ``name`` if its run is dead; raise ``CheckpointError`` if it is alive."""
     try:
         existing = ray.get_actor(name, namespace=NAMESPACE)

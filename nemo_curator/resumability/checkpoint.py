@@ -1,14 +1,17 @@
-"""Checkpoint directory validation: clear errors before any work starts.
+"""Checks of local checkpoint directories and of the node-local cache directory: clear errors before any work.
 
-``validate_checkpoint_dir(path)`` creates the directory when missing and refuses, with a
-``CheckpointError`` that names the path and the fix:
+``validate_checkpoint_dir(path)`` (a checkpoint on a POSIX filesystem: local disk, NFS, Lustre,
+GPFS) creates the directory when missing and refuses, with a ``CheckpointError`` that names the
+path and the fix: a path that is a file, or whose parent is a file; a directory that cannot be
+written (permissions, read-only filesystem). A checkpoint may live on a network filesystem: it
+holds only write-once objects (``records``), written with fsync and rename.
 
-- a path that is a file, or whose parent is a file;
-- a directory that cannot be written (permissions, read-only filesystem);
-- a directory on a network or FUSE filesystem (NFS, SMB/CIFS, sshfs, 9p, Ceph, GlusterFS,
-  Lustre, ...), detected from the mount table, where LMDB's memory map and locks are unsafe
-  (``NEMO_CURATOR_ALLOW_NETWORK_CHECKPOINT=1`` turns this refusal into a warning);
-- a corrupt or foreign file in ``<path>/ledger/`` with the ``.lmdb`` suffix.
+``validate_cache_dir(path)`` checks the node-local directory of the ledger's LMDB cache and
+refuses a network or FUSE filesystem (NFS, SMB/CIFS, sshfs, 9p, Ceph, GlusterFS, Lustre, ...),
+detected from the mount table, where LMDB's memory map and locks are unsafe
+(``NEMO_CURATOR_ALLOW_NETWORK_CACHE=1`` turns this refusal into a warning).
+
+``existing_checkpoint_dir(path)`` is the read-only check of inspection (nothing is created).
 
 Validation never deletes or rewrites anything already recorded.
 """
@@ -17,25 +20,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
-from nemo_curator.resumability.layout import LEDGER_DIRNAME, LOCK_SUFFIX, WRITER_SUFFIX, WriterFile, writer_paths
+
+if TYPE_CHECKING:
+    from nemo_curator.resumability.config import CheckpointConfig
 
 __all__ = [
     "ALLOW_NETWORK_ENV",
     "NETWORK_FILESYSTEMS",
     "CheckpointError",
     "FingerprintMismatchError",
+    "existing_checkpoint_dir",
     "filesystem_type",
     "network_filesystem_type",
     "parse_mount_table",
+    "validate_cache_dir",
     "validate_checkpoint_dir",
 ]
 
-#: Set to 1 to accept a checkpoint on a network/FUSE filesystem (with a warning).
-ALLOW_NETWORK_ENV = "NEMO_CURATOR_ALLOW_NETWORK_CHECKPOINT"
+LEDGER_DIRNAME = "ledger"
+
+#: Set to 1 to accept a cache directory on a network/FUSE filesystem (with a warning).
+ALLOW_NETWORK_ENV = "NEMO_CURATOR_ALLOW_NETWORK_CACHE"
 
 #: Filesystem types where LMDB (shared memory map + POSIX locks) is unsafe. ``fuse.*`` is matched by prefix.
 NETWORK_FILESYSTEMS = frozenset(
@@ -138,21 +148,21 @@ def network_filesystem_type(path: str | os.PathLike, mount_table: str | None = N
     return None
 
 
-def _check_filesystem(path: Path, mount_table: str | None) -> None:
+def _check_filesystem(path: Path, mount_table: str | None, what: str) -> None:
     fstype = network_filesystem_type(path, mount_table)
     if fstype is None:
         return
     message = (
-        f"checkpoint directory {path} is on a {fstype!r} filesystem (network or FUSE). LMDB, which records "
-        "the checkpoint, relies on a shared memory map and POSIX locks that such filesystems do not provide "
-        "reliably: runs can hang or corrupt the checkpoint."
+        f"{what} {path} is on a {fstype!r} filesystem (network or FUSE). The ledger's LMDB cache relies on a "
+        "shared memory map and POSIX locks that such filesystems do not provide reliably: runs can hang."
     )
     if os.environ.get(ALLOW_NETWORK_ENV, "").strip().lower() in {"1", "true", "yes"}:
         logger.warning("{} Proceeding because {}=1 is set.", message, ALLOW_NETWORK_ENV)
         return
     raise CheckpointError(
-        f"{message} Fix: put the checkpoint on a local disk (e.g. node-local scratch), or set "
-        f"{ALLOW_NETWORK_ENV}=1 if you know this filesystem is safe for LMDB (one writer per file)."
+        f"{message} Fix: pass CheckpointConfig(..., cache_dir=<a node-local directory>) (e.g. node-local scratch or "
+        f"/tmp; the checkpoint itself may stay on the shared filesystem), or set {ALLOW_NETWORK_ENV}=1 if you know "
+        "this filesystem is safe for LMDB."
     )
 
 
@@ -179,7 +189,7 @@ def _make_dir(path: Path, what: str) -> None:
         ) from exc
 
 
-def _probe_writable(directory: Path, checkpoint: Path) -> None:
+def _probe_writable(directory: Path, checkpoint: Path, what: str = "checkpoint directory") -> None:
     probe = directory / f".write-probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -190,46 +200,21 @@ def _probe_writable(directory: Path, checkpoint: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise CheckpointError(
-            f"checkpoint directory {checkpoint} is not writable ({exc.strerror or exc} on {directory}). "
-            "Fix: choose a writable location for the checkpoint, or fix its permissions"
+            f"{what} {checkpoint} is not writable ({exc.strerror or exc} on {directory}). "
+            f"Fix: choose a writable location for the {what}, or fix its permissions"
         ) from exc
 
 
-def _check_ledger_files(checkpoint: Path, open_files: bool) -> None:
-    """Warn about unexpected entries; with ``open_files``, open every writer file to check it."""
-    ledger = checkpoint / LEDGER_DIRNAME
-    for entry in ledger.iterdir():
-        name = entry.name
-        if (
-            name.endswith(WRITER_SUFFIX)
-            or name.endswith(WRITER_SUFFIX + LOCK_SUFFIX)
-            or name.startswith(".write-probe-")
-        ):
-            continue
-        logger.warning("ignoring unexpected file {} in checkpoint ledger directory {}", entry, ledger)
-    if not open_files:
-        return
-    for path in writer_paths(checkpoint):
-        wf = WriterFile.open(path)
-        if wf is not None:
-            wf.close()
-
-
-def validate_checkpoint_dir(
-    path: str | os.PathLike, *, check_ledger_files: bool = True, mount_table: str | None = None
-) -> Path:
-    """Make ``path`` a usable checkpoint directory (created if missing) and return it resolved.
+def validate_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Make ``path`` a usable local checkpoint directory (created if missing) and return it resolved.
 
     Raises ``CheckpointError`` naming the path and the fix (see the module docstring). Nothing
     already in the directory is changed; only ``ledger/`` is created when missing.
-    ``check_ledger_files=False`` skips opening the writer files (for callers that open them all
-    anyway, which raises the same errors).
-    ``mount_table`` replaces the text of ``/proc/self/mountinfo`` (for tests and diagnostics).
     """
     raw = Path(os.fspath(path)).expanduser()
     checkpoint = Path(os.path.abspath(raw))
     try:
-        return _validate(checkpoint, check_ledger_files, mount_table)
+        return _validate(checkpoint)
     except CheckpointError:
         raise
     except OSError as exc:
@@ -240,7 +225,7 @@ def validate_checkpoint_dir(
         ) from exc
 
 
-def _validate(checkpoint: Path, check_ledger_files: bool, mount_table: str | None) -> Path:
+def _validate(checkpoint: Path) -> Path:
     if checkpoint.exists() and not checkpoint.is_dir():
         raise CheckpointError(
             f"checkpoint path {checkpoint} is a file, not a directory. Fix: pass a directory path for the "
@@ -248,7 +233,6 @@ def _validate(checkpoint: Path, check_ledger_files: bool, mount_table: str | Non
         )
     _make_dir(checkpoint, "checkpoint directory")
     checkpoint = checkpoint.resolve()
-    _check_filesystem(checkpoint, mount_table)
     ledger = checkpoint / LEDGER_DIRNAME
     if ledger.exists() and not ledger.is_dir():
         raise CheckpointError(
@@ -263,5 +247,41 @@ def _validate(checkpoint: Path, check_ledger_files: bool, mount_table: str | Non
         )
     _make_dir(ledger, "checkpoint ledger directory")
     _probe_writable(ledger, checkpoint)
-    _check_ledger_files(checkpoint, open_files=check_ledger_files)
     return checkpoint
+
+
+def existing_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """``path`` resolved, if it is an existing directory (read-only: nothing is created)."""
+    checkpoint = Path(os.fspath(path)).expanduser()
+    if not checkpoint.exists():
+        raise CheckpointError(
+            f"checkpoint directory {checkpoint} does not exist. Fix: pass the location given as checkpoint= to the run"
+        )
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"checkpoint path {checkpoint} is a file, not a checkpoint directory")
+    return checkpoint.resolve()
+
+
+def validate_cache_dir(
+    path: str | os.PathLike, config: CheckpointConfig | None = None, *, mount_table: str | None = None
+) -> Path:
+    """Create the node-local cache directory ``path`` and check it (not on a network filesystem, writable).
+
+    ``mount_table`` replaces the text of ``/proc/self/mountinfo`` (for tests and diagnostics).
+    """
+    cache = Path(os.path.abspath(Path(os.fspath(path)).expanduser()))
+    where = f"checkpoint cache directory (of {config.display})" if config is not None else "checkpoint cache directory"
+    try:
+        if cache.exists() and not cache.is_dir():
+            raise CheckpointError(f"{where} {cache} is a file. Fix: pass cache_dir= a directory path")
+        _make_dir(cache, where)
+        cache = cache.resolve()
+        _check_filesystem(cache, mount_table, where)
+        _probe_writable(cache, cache, where)
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot use {where} {cache}: {exc.strerror or exc}. Fix: pass cache_dir= a writable node-local directory"
+        ) from exc
+    return cache

@@ -1,18 +1,20 @@
-"""Read-only inspection of a checkpoint directory (no Ray; safe while a run is writing it).
+"""Read-only inspection of a checkpoint location (no Ray; safe while a run is writing it).
 
-``read_checkpoint_status(path)`` returns a ``CheckpointStatus``, ``checkpoint_status(path)`` its
-JSON-serialisable dict; ``describe_checkpoint(path)`` a few human lines. They read consistent
-LMDB snapshots of every writer file and never write a record (LMDB may create a writer file's
-``-lock`` file if it is missing).
+``read_checkpoint_status(location)`` returns a ``CheckpointStatus``, ``checkpoint_status(location)``
+its JSON-serialisable dict; ``describe_checkpoint(location)`` a few human lines. ``location`` is a
+local path, an fsspec URL or a ``CheckpointConfig`` (``storage_options=`` adds fsspec options).
+They list and read the durable record (``durable.read_checkpoint``) and never create, write or
+delete anything.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
+from nemo_curator.resumability.durable import CheckpointRead, read_checkpoint
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.fingerprint import (
     describe_fingerprint,
@@ -20,110 +22,133 @@ from nemo_curator.resumability.fingerprint import (
     fingerprint_of_description,
 )
 from nemo_curator.resumability.keys import source_id_from_key
-from nemo_curator.resumability.layout import (
-    FORMAT_VERSION,
-    LEDGER_DIRNAME,
-)
+from nemo_curator.resumability.layout import FORMAT_VERSION
+from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT
 from nemo_curator.resumability.liveness import recorded_process_alive
-from nemo_curator.resumability.scan import WriterCounts, current_writer, iso_time, scan_checkpoint, writer_infos
+from nemo_curator.resumability.location import describe_access_error, open_location
+from nemo_curator.resumability.records import WriterHeader, WriterState
+from nemo_curator.resumability.scan import current_writer, iso_time
 from nemo_curator.resumability.status import CheckpointStatus
 
-
-def _existing_checkpoint(path: str | os.PathLike) -> Path:
-    checkpoint = Path(os.fspath(path)).expanduser()
-    if not checkpoint.exists():
-        raise CheckpointError(
-            f"checkpoint directory {checkpoint} does not exist. Fix: pass the directory given as checkpoint= to the run"
-        )
-    if not checkpoint.is_dir():
-        raise CheckpointError(f"checkpoint path {checkpoint} is a file, not a checkpoint directory")
-    return checkpoint.resolve()
+Checkpoint = str | os.PathLike | CheckpointConfig
 
 
-def _writer_summary(counts: WriterCounts) -> dict[str, Any]:
-    info = counts.info
-    meta = info.meta
-    owner = meta.get("owner") or meta.get("process") or {}
-    closed = meta.get("closed")
+def _config(checkpoint: Checkpoint, storage_options: dict[str, Any] | None) -> CheckpointConfig:
+    config = coerce_checkpoint(checkpoint)
+    if storage_options:
+        config = CheckpointConfig(config.path, {**(config.storage_options or {}), **storage_options}, config.cache_dir)
+    return config
+
+
+def read_durable(checkpoint: Checkpoint, storage_options: dict[str, Any] | None = None) -> CheckpointRead:
+    """The whole durable record of ``checkpoint`` (read-only; ``CheckpointError`` when it cannot be read)."""
+    config = _config(checkpoint, storage_options)
+    location = open_location(config, writable=False)
+    try:
+        return read_checkpoint(location, recent_limit=DEFAULT_RECENT_LIMIT)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise describe_access_error(config, exc, "reading the checkpoint") from exc
+
+
+def _writer_summary(header: WriterHeader, state: WriterState, objects: int, failed_open: set[bytes]) -> dict[str, Any]:
+    info = header.info
+    owner = info.get("owner") or info.get("process") or {}
+    closed = state.closed
     alive: bool | None = False
     if not closed and owner:
         # The run is alive while its driver (the owner) is; the writing process may be restarting.
         alive = recorded_process_alive(owner)
-    try:
-        size = info.path.stat().st_size
-    except OSError:
-        size = 0
     return {
-        "writer_id": info.writer_id,
-        "file": info.path.name,
-        "host": owner.get("host", meta.get("host")),
-        "pid": owner.get("pid", meta.get("pid")),
-        "created": iso_time(info.created),
-        "updated": iso_time(info.updated),
+        "writer_id": header.writer_id,
+        "host": owner.get("host", info.get("host")),
+        "pid": owner.get("pid", info.get("pid")),
+        "created": iso_time(header.created),
+        "updated": iso_time(max(state.updated, header.created)),
         "closed": iso_time(closed) if closed else None,
         "alive": alive,
-        "fingerprint": info.fingerprint,
-        "overrode_fingerprint": meta.get("overrode_fingerprint"),
-        "format_version": meta.get("format_version"),
-        "completed": counts.completed,
-        "failed": counts.failed,
-        "in_flight": counts.in_flight,
-        "size_bytes": size,
+        "fingerprint": header.fingerprint,
+        "overrode_fingerprint": info.get("overrode_fingerprint"),
+        "format_version": info.get("format_version"),
+        "start_stamp": header.start_stamp,
+        "last_stamp": state.stamp,
+        "completed": len(state.completed),
+        "failed": sum(1 for k in state.failed if k in failed_open),
+        "in_flight": len(state.inflight),
+        "objects": objects,
     }
 
 
-def checkpoint_status(path: str | os.PathLike, *, include_ids: bool = True) -> dict[str, Any]:
-    """What ``path`` records, as one JSON-serialisable dict: ``read_checkpoint_status(...).to_dict()``.
+def checkpoint_status(
+    checkpoint: Checkpoint, *, include_ids: bool = True, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``checkpoint`` records, as one JSON-serialisable dict: ``read_checkpoint_status(...).to_dict()``.
 
     Keys: ``checkpoint``, ``completed_sources``, ``failed_sources``, ``in_flight_sources``,
     ``revoked_sources`` (ints); ``completed`` (sorted ids) and ``failed`` ({id: reason}) unless
-    ``include_ids`` is false; ``writers`` (one dict per run, oldest first); ``fingerprint`` (the
-    most recent run's), ``format_version``, ``created`` / ``updated`` (ISO times or ``None``).
+    ``include_ids`` is false; ``writers`` (one dict per run, oldest first by logical start);
+    ``fingerprint`` (the current writer's), ``format_version``, ``created`` / ``updated`` (ISO
+    times or ``None``).
     """
-    return read_checkpoint_status(path, include_ids=include_ids).to_dict()
+    return read_checkpoint_status(checkpoint, include_ids=include_ids, storage_options=storage_options).to_dict()
 
 
-def read_checkpoint_status(path: str | os.PathLike, *, include_ids: bool = True) -> CheckpointStatus:
-    """What ``path`` records (see ``CheckpointStatus``).
+def read_checkpoint_status(
+    checkpoint: Checkpoint, *, include_ids: bool = True, storage_options: dict[str, Any] | None = None
+) -> CheckpointStatus:
+    """What ``checkpoint`` records (see ``CheckpointStatus`` and the union rules in ``scan``).
 
-    A source completed by any writer is complete (unless a later anomaly revoked it); failures
-    of complete sources are not listed; in-flight sources are those with partial credit recorded
-    and neither complete nor failed. Raises ``CheckpointError`` when the directory is missing or
-    holds a corrupt/foreign file.
+    Raises ``CheckpointError`` when the location is missing, unreachable, or holds a corrupt object.
     """
-    checkpoint = _existing_checkpoint(path)
-    scan = scan_checkpoint(checkpoint, in_flight=True)
-    infos = [w.info for w in scan.writers]
-    latest = current_writer(infos)
+    config = _config(checkpoint, storage_options)
+    read = read_durable(config)
+    headers = sorted(read.headers.values(), key=lambda h: (h.start_stamp, h.writer_id))
+    latest = current_writer(headers)
+    u = read.union
+    failed_open = set(u.failed)
+    updated = [max(read.states[h.writer_id].updated, h.created) for h in headers]
     return CheckpointStatus(
-        checkpoint=str(checkpoint),
-        format_version=max((int(i.meta.get("format_version", 0)) for i in infos), default=FORMAT_VERSION),
+        checkpoint=config.display,
+        format_version=FORMAT_VERSION,
         fingerprint=latest.fingerprint if latest is not None else None,
-        created=iso_time(min((i.created for i in infos), default=None)),
-        updated=iso_time(max((i.updated for i in infos), default=None)),
-        completed_sources=len(scan.completed),
-        failed_sources=len(scan.failed),
-        in_flight_sources=len(scan.in_flight),
-        revoked_sources=len(scan.revoked),
-        # Sorted on the exact float start time: ISO strings have one-second resolution.
-        writers=[_writer_summary(w) for w in sorted(scan.writers, key=lambda w: (w.info.created, w.info.writer_id))],
-        completed=sorted(source_id_from_key(k) for k in scan.completed) if include_ids else None,
+        created=iso_time(min((h.created for h in headers), default=None)),
+        updated=iso_time(max(updated, default=None)),
+        completed_sources=len(u.completed),
+        failed_sources=len(u.failed),
+        in_flight_sources=len(u.in_flight),
+        revoked_sources=len(u.revoked),
+        writers=[
+            _writer_summary(
+                h,
+                read.states[h.writer_id],
+                len(read.objects[h.writer_id].snapshots) + len(read.objects[h.writer_id].segments),
+                failed_open,
+            )
+            for h in headers
+        ],
+        completed=sorted(source_id_from_key(k) for k in u.completed) if include_ids else None,
         failed=(
-            {source_id_from_key(k): reason for k, (_, reason) in sorted(scan.failed.items())} if include_ids else None
+            {source_id_from_key(k): reason for k, (_, reason) in sorted(u.failed.items())} if include_ids else None
         ),
     )
 
 
-def describe_checkpoint(path: str | os.PathLike, stages: Sequence[Any] | None = None, *, max_failed: int = 5) -> str:
-    """A few human lines about ``path``; with ``stages``, whether their fingerprint matches it."""
-    status = read_checkpoint_status(path)
-    checkpoint = Path(status.checkpoint)
+def describe_checkpoint(
+    checkpoint: Checkpoint,
+    stages: Sequence[Any] | None = None,
+    *,
+    max_failed: int = 5,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """A few human lines about ``checkpoint``; with ``stages``, whether their fingerprint matches it."""
+    status = read_checkpoint_status(checkpoint, storage_options=storage_options)
     lines = [
-        f"checkpoint {checkpoint}: {status.completed_sources} source(s) complete, "
+        f"checkpoint {status.checkpoint}: {status.completed_sources} source(s) complete, "
         f"{status.failed_sources} failed, {status.in_flight_sources} in flight"
     ]
     if not status.writers:
-        lines.append(f"  no runs recorded yet (no ledger files in {checkpoint / LEDGER_DIRNAME})")
+        lines.append(f"  no runs recorded yet (no ledger objects under {status.checkpoint}/ledger/)")
         return "\n".join(lines)
     stored = status.fingerprint
     if stages is None:
@@ -135,8 +160,8 @@ def describe_checkpoint(path: str | os.PathLike, stages: Sequence[Any] | None = 
             lines.append(f"  pipeline fingerprint: {stored} (matches this pipeline)")
         else:
             lines.append(f"  pipeline fingerprint: {stored} (DIFFERS from this pipeline's {current})")
-            latest = current_writer(writer_infos(checkpoint))
-            stored_description = None if latest is None else latest.meta.get("fingerprint_description")
+            latest = current_writer(read_durable(checkpoint, storage_options).headers.values())
+            stored_description = None if latest is None else latest.description
             for diff in diff_descriptions(stored_description, description):
                 lines.append(f"    - {diff}")
     alive = sum(1 for w in status.writers if w["alive"])

@@ -1,31 +1,27 @@
-"""On-disk layout of a checkpoint directory and read-only access to its writer files.
+"""The node-local LMDB cache of one writer, and read-only access to it.
 
 ::
 
-    <checkpoint>/ledger/<writer_id>.lmdb        one LMDB file per writer (one run of one driver)
-    <checkpoint>/ledger/<writer_id>.lmdb-lock   LMDB's lock file for it
+    <cache_dir>/<writer_id>.lmdb        this writer's working copy (a cache of its durable record)
+    <cache_dir>/<writer_id>.lmdb-lock   LMDB's lock file for it
 
-Each writer file holds named sub-databases:
+The truth of a checkpoint is its durable record at the checkpoint location (``records``,
+``durable``); this file mirrors one writer's part of it and is rebuilt from it at every open, so
+it may be lost at any time. It holds named sub-databases:
 
-``meta``       ``app`` marker, ``format_version``, ``fingerprint`` (+ its stage description),
-               ``created`` / ``updated`` (epoch seconds), ``writer_id``, ``host``, ``pid``, ``owner``
-               (JSON values)
-``completed``  append-only completion log: record number -> time (ns) + source keys
+``meta``       ``app`` marker, ``writer_id``, ``fingerprint``, host/pid/owner, ``durable_upto``
+               (the last segment mirrored) (JSON values)
+``completed``  append-only completion log: record number -> Lamport stamp + source keys
                (see ``keys.encode_completion_records``)
-``failed``     source key -> failure time (ns) + reason (UTF-8)
+``failed``     source key -> stamp + reason (UTF-8)
 ``inflight``   row key (source key + task dedup key) -> returned credit (exact wire text)
-``revoked``    source key -> time (ns) a completion was withdrawn after an anomaly
-``senders``    sender id -> last applied batch sequence number (makes resent batches no-ops)
-``recent``     append-only log of the most recently completed sources' task ids
-               (``keys.encode_recent_record``), pruned to the ledger's duplicate window
+``revoked``    source key -> stamp of the withdrawal of a completion after an anomaly
+``senders``    sender id -> last applied batch sequence number
+``recent``     the most recently completed sources' task ids (``keys.encode_recent_record``)
 
-Only the writer that created a file ever writes it, so concurrent drivers never share a
-write lock; everyone else opens it read-only. A source is complete in the checkpoint when some
-file records its completion later than every file's revocation of it (a revocation never
-deletes a completion record; it outdates it).
-
-LMDB forbids opening one file twice in a process, so environments are shared through a small
-process-wide registry (``acquire_env`` / ``release_env``).
+The cache is opened without fsync (``acquire_env(..., durable=False)``): durability comes from the
+checkpoint location, not from it. LMDB forbids opening one file twice in a process, so
+environments are shared through a small process-wide registry (``acquire_env`` / ``release_env``).
 """
 
 from __future__ import annotations
@@ -78,22 +74,6 @@ MAX_READERS = 2048
 INITIAL_MAP_SIZE = 64 << 20
 
 
-def ledger_dir(checkpoint: Path) -> Path:
-    return checkpoint / LEDGER_DIRNAME
-
-
-def writer_path(checkpoint: Path, writer_id: str) -> Path:
-    return ledger_dir(checkpoint) / (writer_id + WRITER_SUFFIX)
-
-
-def writer_paths(checkpoint: Path) -> list[Path]:
-    """Every writer file in ``checkpoint`` (sorted by name)."""
-    directory = ledger_dir(checkpoint)
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.name.endswith(WRITER_SUFFIX) and p.is_file())
-
-
 def new_writer_id() -> str:
     """A fresh writer id: host, pid and a random suffix (safe as a file name)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
@@ -114,7 +94,9 @@ _registry_lock = threading.Lock()
 _registry: dict[str, _EnvEntry] = {}
 
 
-def acquire_env(path: Path, *, readonly: bool, map_size: int = INITIAL_MAP_SIZE) -> lmdb.Environment:
+def acquire_env(
+    path: Path, *, readonly: bool, map_size: int = INITIAL_MAP_SIZE, durable: bool = True
+) -> lmdb.Environment:
     """Open (or share) the LMDB environment of ``path``; pair with ``release_env``.
 
     Read-only opens use LMDB's lock file, so they see consistent snapshots of a file another
@@ -151,7 +133,7 @@ def acquire_env(path: Path, *, readonly: bool, map_size: int = INITIAL_MAP_SIZE)
                 map_size=map_size,
                 max_dbs=MAX_DBS,
                 max_readers=MAX_READERS,
-                sync=True,
+                sync=durable,
                 metasync=False,
                 meminit=False,
             )

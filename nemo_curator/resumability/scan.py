@@ -1,13 +1,26 @@
-"""Reading a whole checkpoint directory, one writer file at a time.
+"""The union rules: a writer's objects folded into its state, all writers' states into the checkpoint's (pure).
 
-A directory shared by many runs (a SLURM array of hundreds of tasks) holds one file per run;
-every reader here opens one file, reads a consistent snapshot of it and closes it before the
-next, so the number of open files and memory maps stays constant.
+Per writer (``fold_writer``): start from its newest snapshot (largest ``upto``; an empty state
+without one) and apply, in ``(number, nonce)`` order, every segment numbered above ``upto``.
+Segments at or below ``upto`` are already in the snapshot and are skipped, so a reader that sees
+a snapshot *and* the segments it replaced (a compaction that crashed before deleting them, or a
+listing taken mid-compaction) gets the same state; an object listed twice is read once.
 
-The union rules: a source is complete when some file records its completion later than every
-file's revocation of it; a failure record counts only for sources that are not complete; a
-source is in flight when some file holds partial credit for it and it is neither complete nor
-failed.
+Across writers (``union``), with Lamport stamps ordered as ``(stamp, writer_id)``:
+
+- a source is complete when some writer's latest completion of it is later than every writer's
+  latest revocation of it;
+- a failure counts only for sources that are not complete (the latest one is kept);
+- a source is in flight when some writer holds partial credit for it and it is neither complete
+  nor failed.
+
+Logical clocks: a writer's clock starts at 1 + the largest stamp it read at start-up; its header
+carries that start stamp and each of its segments the next value. So anything a writer learned
+at start-up (a completion it then revokes, a fingerprint it then replaces) has a smaller stamp
+than what it writes, whatever the hosts' wall clocks say. Events no writer could have seen are
+concurrent; ``(stamp, writer_id)`` orders them arbitrarily but identically for every reader.
+The "current writer" (whose pipeline fingerprint the checkpoint has) is the one with the
+largest ``(start_stamp, writer_id)``. Wall-clock times are kept for humans only.
 """
 
 from __future__ import annotations
@@ -15,34 +28,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-from nemo_curator.resumability.layout import DB_FAILED, WRITER_SUFFIX, WriterFile, writer_paths
+from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
+from nemo_curator.resumability.records import ObjectName, Segment, WriterHeader, WriterState, recent_entry_weight
 
-
-@dataclass(frozen=True)
-class WriterInfo:
-    """One writer file's path and metadata."""
-
-    path: Path
-    meta: dict[str, Any]
-
-    @property
-    def writer_id(self) -> str:
-        return str(self.meta.get("writer_id") or self.path.name.removesuffix(WRITER_SUFFIX))
-
-    @property
-    def fingerprint(self) -> str:
-        return str(self.meta.get("fingerprint", ""))
-
-    @property
-    def created(self) -> float:
-        return float(self.meta.get("created", 0.0))
-
-    @property
-    def updated(self) -> float:
-        return float(self.meta.get("updated", self.created))
+#: A Lamport time with its tie-breaker.
+Stamp = tuple[int, str]
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -50,92 +41,146 @@ def iso_time(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
-def writer_infos(checkpoint: Path, exclude: Path | None = None) -> list[WriterInfo]:
-    """Metadata of every writer file (except ``exclude``); raises ``CheckpointError`` for a bad file."""
-    infos = []
-    for path in writer_paths(checkpoint):
-        if exclude is not None and path.name == exclude.name:
-            continue
-        wf = WriterFile.open(path)
-        if wf is None:
-            continue
-        with wf:
-            infos.append(WriterInfo(path, wf.meta))
-    return infos
+def apply_segment(
+    state: WriterState, seg: Segment, recent_limit: int, digest_budget: int = DEFAULT_DIGEST_BUDGET
+) -> None:
+    """Fold one segment into ``state`` (in place). Idempotent: applying it twice changes nothing more.
+
+    The recent window keeps the newest digests within ``recent_limit`` sources and
+    ``digest_budget`` bytes at their narrowest width: at least what a ledger with that budget holds.
+    """
+    stamp = seg.stamp
+    state.stamp = max(state.stamp, stamp)
+    state.upto = max(state.upto, seg.number)
+    inflight = state.inflight
+    for key in seg.cleared:
+        inflight.pop(key, None)
+    for key, tkey, num, exp in seg.added:
+        inflight.setdefault(key, {})[tkey] = (num, exp)
+    completed = state.completed
+    for key in seg.completed:
+        if completed.get(key, -1) < stamp:
+            completed[key] = stamp
+        inflight.pop(key, None)
+    recent = state.recent
+    for key, digest in seg.recent:
+        previous = recent.pop(key, None)
+        state.recent_weight += recent_entry_weight(digest) - recent_entry_weight(previous)
+        recent[key] = digest
+    while recent and (len(recent) > recent_limit or state.recent_weight > digest_budget):
+        state.recent_weight -= recent_entry_weight(recent.popitem(last=False)[1])
+    for key, reason in seg.failed.items():
+        if state.failed.get(key, (-1, ""))[0] <= stamp:
+            state.failed[key] = (stamp, reason)
+        inflight.pop(key, None)
+    for key in seg.revoked:
+        if state.revoked.get(key, -1) < stamp:
+            state.revoked[key] = stamp
+        state.recent_weight -= recent_entry_weight(recent.pop(key, None))
+    if seg.sender is not None and seg.seq is not None and seg.seq > state.senders.get(seg.sender, -1):
+        state.senders[seg.sender] = seg.seq
+    state.meta.update(seg.meta)
+    state.updated = max(state.updated, seg.time)
 
 
-def current_writer(infos: Iterable[WriterInfo]) -> WriterInfo | None:
-    """The most recently created writer: its fingerprint is the checkpoint's."""
-    latest: WriterInfo | None = None
-    for info in infos:
-        if latest is None or (info.created, info.writer_id) > (latest.created, latest.writer_id):
-            latest = info
+def fold_writer(
+    writer_id: str,
+    snapshots: Iterable[tuple[ObjectName, WriterState]],
+    segments: Iterable[tuple[ObjectName, Segment]],
+    recent_limit: int,
+) -> WriterState:
+    """The state of one writer from its newest snapshot and the segments after it (see the module docstring).
+
+    The newest snapshot is not modified.
+    """
+    best: tuple[ObjectName, WriterState] | None = None
+    for name, snap in snapshots:
+        if best is None or (name.number, name.nonce) > (best[0].number, best[0].nonce):
+            best = (name, snap)
+    state = copy_state(best[1]) if best is not None else WriterState(writer_id)
+    upto = state.upto
+    seen: set[str] = set()
+    for name, seg in sorted(segments, key=lambda item: (item[0].number, item[0].nonce)):
+        if name.number <= upto or name.path in seen:
+            continue
+        seen.add(name.path)
+        apply_segment(state, seg, recent_limit)
+    return state
+
+
+def copy_state(state: WriterState) -> WriterState:
+    """A deep enough copy of ``state`` that folding into it leaves ``state`` unchanged."""
+    return WriterState(
+        writer_id=state.writer_id,
+        upto=state.upto,
+        stamp=state.stamp,
+        completed=dict(state.completed),
+        revoked=dict(state.revoked),
+        failed=dict(state.failed),
+        inflight={k: dict(v) for k, v in state.inflight.items()},
+        senders=dict(state.senders),
+        recent=state.recent.copy(),
+        recent_weight=state.recent_weight,
+        meta=dict(state.meta),
+        updated=state.updated,
+        closed=state.closed,
+    )
+
+
+def current_writer(headers: Iterable[WriterHeader]) -> WriterHeader | None:
+    """The writer with the largest logical start ``(start_stamp, writer_id)``: its fingerprint is the checkpoint's."""
+    latest: WriterHeader | None = None
+    for header in headers:
+        if latest is None or (header.start_stamp, header.writer_id) > (latest.start_stamp, latest.writer_id):
+            latest = header
     return latest
 
 
 @dataclass
-class WriterCounts:
-    """What one writer file records (counts of its own records)."""
-
-    info: WriterInfo
-    completed: int
-    failed: int
-    in_flight: int
-
-
-@dataclass
-class CheckpointScan:
-    """The union of every writer file of a checkpoint directory (keys are ``keys.source_key``)."""
+class CheckpointUnion:
+    """The union of every writer's state (keys are ``keys.source_key``)."""
 
     completed: set[bytes] = field(default_factory=set)
-    #: Sources failed somewhere and not complete: latest ``(time ns, reason)``.
+    #: Sources failed somewhere and not complete: the latest ``(stamp, reason)``.
     failed: dict[bytes, tuple[int, str]] = field(default_factory=dict)
-    #: Revocations in force (not outdated by a later completion): key -> time ns.
+    #: Revocations in force (not outdated by a later completion): key -> stamp.
     revoked: dict[bytes, int] = field(default_factory=dict)
-    #: Only filled by ``scan_checkpoint(in_flight=True)``.
     in_flight: set[bytes] = field(default_factory=set)
-    writers: list[WriterCounts] = field(default_factory=list)
+    #: The largest stamp of any writer (0 when there are none).
+    max_stamp: int = 0
 
 
-def scan_checkpoint(checkpoint: Path, *, in_flight: bool = False) -> CheckpointScan:
-    """Read every writer file of ``checkpoint`` once (twice when a revocation must be resolved)."""
-    scan = CheckpointScan()
-    revoked: dict[bytes, int] = {}
-    paths = []
-    for path in writer_paths(checkpoint):
-        wf = WriterFile.open(path)
-        if wf is None:
+def union(states: Iterable[WriterState], headers: Iterable[WriterHeader] = ()) -> CheckpointUnion:
+    """Combine writers' states by the rules of the module docstring."""
+    states = list(states)
+    out = CheckpointUnion()
+    out.max_stamp = max([s.stamp for s in states] + [h.start_stamp for h in headers], default=0)
+    revoked: dict[bytes, Stamp] = {}
+    for st in states:
+        for key, stamp in st.revoked.items():
+            mark = (stamp, st.writer_id)
+            if key not in revoked or mark > revoked[key]:
+                revoked[key] = mark
+    completed = out.completed
+    for st in states:
+        completed.update(st.completed)
+    for key, mark in revoked.items():
+        if key not in completed:
+            out.revoked[key] = mark[0]
             continue
-        paths.append(path)
-        with wf:
-            completed = wf.add_completed_to(scan.completed)
-            for key, when in wf.revoked().items():
-                if when > revoked.get(key, -1):
-                    revoked[key] = when
-            for key, (when, reason) in wf.failed().items():
-                if key not in scan.failed or when > scan.failed[key][0]:
-                    scan.failed[key] = (when, reason)
-            partial = wf.inflight_source_keys() if in_flight else set()
-            scan.in_flight |= partial
-            scan.writers.append(WriterCounts(WriterInfo(path, wf.meta), completed, wf.count(DB_FAILED), len(partial)))
-    if revoked:
-        latest: dict[bytes, int] = {}
-        for path in paths:
-            wf = WriterFile.open(path)
-            if wf is None:
+        latest = max(((st.completed[key], st.writer_id) for st in states if key in st.completed), default=None)
+        if latest is None or latest < mark:
+            completed.discard(key)
+            out.revoked[key] = mark[0]
+    failed: dict[bytes, tuple[Stamp, str]] = {}
+    for st in states:
+        for key, (stamp, reason) in st.failed.items():
+            if key in completed:
                 continue
-            with wf:
-                for when, keys in wf.completed_records():
-                    for key in keys:
-                        if key in revoked and when > latest.get(key, -1):
-                            latest[key] = when
-        for key, when in revoked.items():
-            if latest.get(key, -1) <= when:
-                scan.completed.discard(key)
-                scan.revoked[key] = when
-    if scan.failed and scan.completed:
-        scan.failed = {k: v for k, v in scan.failed.items() if k not in scan.completed}
-    if scan.in_flight:
-        scan.in_flight -= scan.completed
-        scan.in_flight -= scan.failed.keys()
-    return scan
+            mark = (stamp, st.writer_id)
+            if key not in failed or mark > failed[key][0]:
+                failed[key] = (mark, reason)
+    out.failed = {k: (mark[0], reason) for k, (mark, reason) in failed.items()}
+    for st in states:
+        out.in_flight.update(k for k in st.inflight if k not in completed and k not in failed)
+    return out

@@ -1,30 +1,39 @@
-"""The checkpoint store: one LMDB file per writer, a union of all writers at start-up.
+"""The checkpoint store: the durable record at the checkpoint location, a node-local LMDB cache, the ledger.
 
-``CheckpointStore.open(dir, fingerprint=...)`` validates the directory, reads every other
-writer's file read-only and builds the union of what they completed (a source completed in any
-file is complete; failure records of such sources are ignored), checks the pipeline
-fingerprint, then creates this writer's own file (or reopens it: a restarted ledger actor of
-the same run passes the same ``writer_id`` and reloads its in-flight state exactly). A new run
-(a new writer id) does not inherit other writers' in-flight state: those sources are redone.
+``CheckpointStore.open(checkpoint, fingerprint=...)`` (``checkpoint``: a path, URL or
+``CheckpointConfig``) checks the location (``location.open_location``), reads the whole durable
+record (``durable.read_checkpoint``: every writer's header, newest snapshot and later segments,
+in parallel), checks the pipeline fingerprint against the current writer (the one with the
+largest logical start stamp), writes this writer's header (or, for a restarted ledger actor of
+the same run, finds it), and builds the ledger: the union of every writer's completions, plus
+this writer's failures, in-flight rows, batch tags and recent completions, exactly as its
+objects record them. A new run (a new writer id) does not inherit other writers' in-flight
+state: those sources are redone.
+
+``apply(batch, sender=, seq=)`` runs, in this order: apply to the in-memory ledger -> write one
+durable segment holding the whole ``LedgerUpdate`` and the batch tag (only when the batch changed
+something) -> commit the LMDB cache -> return (the actor then acknowledges).
 
 Invariants:
-- only this process writes ``<dir>/ledger/<writer_id>.lmdb``; other writers' files are only read,
-  so concurrent drivers sharing a directory never contend for a write lock or corrupt each other;
-- each ``commit`` (one applied batch) is exactly one LMDB write transaction; when ``commit``
-  returns the batch is durable (synced), so an acknowledged report is never lost;
-- a batch tagged ``(sender, seq)`` is applied at most once: the sequence number is committed in
-  the same transaction, so a batch resent after a crash or a lost acknowledgement is a no-op;
-- if a commit fails, the in-memory ledger is rebuilt from the file, so memory never runs ahead
-  of what is recorded.
+- acknowledged means durable at the checkpoint location: ``apply`` returns only after its segment
+  is fsynced and renamed into place (filesystems) or PUT (object stores);
+- only this writer writes under ``ledger/<writer_id>/``; every object is written once under a
+  unique name, so concurrent drivers sharing a location never contend or overwrite;
+- a batch tagged ``(sender, seq)`` is applied at most once (the tag is in its segment);
+- if writing the segment (or the cache) fails, the in-memory ledger is rebuilt from the durable
+  record and the error is raised: memory never runs ahead of what is durable, and nothing
+  unacknowledged is taken as durable;
+- the LMDB cache (``<cache_dir>/<writer_id>.lmdb``) is rebuilt from the durable record at every
+  open; it is never read to decide anything, so a cache that is behind, ahead or different never
+  wins, and losing it (a new node, a wiped ``cache_dir``) loses nothing.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,8 +41,9 @@ from typing import Any
 import lmdb
 from loguru import logger
 
-from nemo_curator.resumability.checkpoint import validate_checkpoint_dir
-from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET, floor_cost
+from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
+from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
+from nemo_curator.resumability.durable import CheckpointRead, WriterLog, read_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.keys import (
@@ -56,40 +66,43 @@ from nemo_curator.resumability.layout import (
     DB_SENDERS,
     FORMAT_VERSION,
     INITIAL_MAP_SIZE,
-    WriterFile,
+    LOCK_SUFFIX,
     acquire_env,
     encode_meta,
     new_writer_id,
     release_env,
-    writer_path,
 )
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate, SourceLedger
 from nemo_curator.resumability.liveness import this_process
+from nemo_curator.resumability.location import Location, describe_access_error, open_location
+from nemo_curator.resumability.records import Segment, WriterHeader, WriterState
 from nemo_curator.resumability.report import Report, ReportBatch
-from nemo_curator.resumability.scan import WriterInfo, current_writer, iso_time, scan_checkpoint, writer_infos
+from nemo_curator.resumability.scan import current_writer, iso_time
 from nemo_curator.resumability.status import LedgerStatus
 
 #: Longest failure reason stored (characters).
 MAX_REASON_CHARS = 4000
+#: A writer writes a snapshot (and deletes the segments it covers) after this many segments.
+COMPACT_EVERY = 256
 
 
 def check_fingerprint(
-    checkpoint: Path,
-    infos: Iterable[WriterInfo],
+    checkpoint: str,
+    headers: Iterable[WriterHeader],
     fingerprint: str,
     description: list[dict[str, Any]] | None,
     allow_fingerprint_change: bool,
 ) -> str | None:
-    """Raise ``FingerprintMismatchError`` if the checkpoint was written by another pipeline.
+    """Raise ``FingerprintMismatchError`` if the checkpoint's current writer ran another pipeline.
 
     Returns the overridden fingerprint when ``allow_fingerprint_change`` accepted a mismatch
     (after logging a loud warning), else ``None``.
     """
-    latest = current_writer(infos)
+    latest = current_writer(headers)
     if latest is None or latest.fingerprint == fingerprint:
         return None
     stored = latest.fingerprint
-    diffs = diff_descriptions(latest.meta.get("fingerprint_description"), description or [])
+    diffs = diff_descriptions(latest.description, description or [])
     lines = [
         f"checkpoint {checkpoint} was written by a different pipeline.",
         f"  stored fingerprint:  {stored} (run {latest.writer_id}, started {iso_time(latest.created)})",
@@ -108,74 +121,97 @@ def check_fingerprint(
         return stored
     lines.append(
         "Resuming would skip sources as complete that the changed pipeline never processed. Ways out:\n"
-        "  - use a new (empty) checkpoint directory for the changed pipeline, or\n"
+        "  - use a new (empty) checkpoint location for the changed pipeline, or\n"
         '  - or reuse this checkpoint anyway: pass config={"allow_pipeline_change": True} to the executor '
         "(LedgerHandle.open(..., allow_fingerprint_change=True) directly); a warning is logged and the sources it "
         "records as complete are skipped."
     )
-    raise FingerprintMismatchError("\n".join(lines), directory=str(checkpoint), stored=stored, current=fingerprint)
+    raise FingerprintMismatchError("\n".join(lines), directory=checkpoint, stored=stored, current=fingerprint)
 
 
 def preflight(
-    checkpoint_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | CheckpointConfig,
     fingerprint: str,
     description: list[dict[str, Any]] | None = None,
     *,
     allow_fingerprint_change: bool = False,
-) -> Path:
-    """Validate a checkpoint directory and its pipeline fingerprint without writing any record.
+) -> CheckpointConfig:
+    """Check the location, the cache directory and the pipeline fingerprint without writing any record.
 
-    Returns the resolved directory. Raises ``CheckpointError`` / ``FingerprintMismatchError``.
+    Returns the ``CheckpointConfig``. Raises ``CheckpointError`` / ``FingerprintMismatchError``.
     """
-    checkpoint = validate_checkpoint_dir(checkpoint_dir, check_ledger_files=False)
-    check_fingerprint(checkpoint, writer_infos(checkpoint), fingerprint, description, allow_fingerprint_change)
-    return checkpoint
+    from nemo_curator.resumability.checkpoint import validate_cache_dir
+
+    config = coerce_checkpoint(checkpoint)
+    location = open_location(config, writable=True)
+    validate_cache_dir(config.resolved_cache_dir(), config)
+    read = _read(location, config, DEFAULT_RECENT_LIMIT)
+    check_fingerprint(config.display, read.headers.values(), fingerprint, description, allow_fingerprint_change)
+    return config
+
+
+def _read(location: Location, config: CheckpointConfig, recent_limit: int) -> CheckpointRead:
+    try:
+        return read_checkpoint(location, recent_limit=recent_limit)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise describe_access_error(config, exc, "reading the checkpoint") from exc
 
 
 class CheckpointStore:
-    """This writer's LMDB file and the ledger loaded from the whole checkpoint directory.
+    """This writer's durable log and LMDB cache, and the ledger loaded from the whole checkpoint.
 
     Use ``CheckpointStore.open``; ``apply(reports, sender=..., seq=...)`` applies one batch to
-    ``self.ledger`` and commits it in one transaction before returning.
+    ``self.ledger`` and makes it durable before returning.
     """
 
     def __init__(
         self,
-        checkpoint: Path,
+        config: CheckpointConfig,
+        location: Location,
         writer_id: str,
         fingerprint: str,
-        env: lmdb.Environment,
-        path: Path,
+        cache_path: Path,
         recent_limit: int,
+        map_size: int,
+        compact_every: int,
         digest_budget: int = DEFAULT_DIGEST_BUDGET,
     ) -> None:
-        self.checkpoint = checkpoint
+        self.config = config
+        self.location = location
+        #: The location as shown in messages (a path or a URL).
+        self.checkpoint = config.display
         self.writer_id = writer_id
         self.fingerprint = fingerprint
-        self.path = path
-        self._env: lmdb.Environment | None = env
+        #: The node-local LMDB cache file.
+        self.path = cache_path
+        self._map_size = map_size
+        self._env: lmdb.Environment | None = None
         self._recent_limit = recent_limit
+        self._compact_every = compact_every
         self._digest_budget = digest_budget
         self._dbs: dict[bytes, Any] = {}
         self._seqs: dict[str, int] = {}
         self._failed_open: set[bytes] = set()
         self.meta: dict[str, Any] = {}
+        self.header: WriterHeader | None = None
+        self._log: WriterLog | None = None
+        self._clock = 0
         self._own_completed_at_load = 0
         self._next_record = 0
-        # The recent-completion log: (record number, sources in it), oldest first.
-        self._recent_log: deque[tuple[int, int]] = deque()
-        self._recent_total = 0
         self.ledger = SourceLedger(recent_limit=recent_limit, digest_budget=digest_budget)
         self.commits = 0
         self.load_seconds = 0.0
         self.other_writers = 0
+        self._broken: BaseException | None = None
 
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
     def open(
         cls,
-        checkpoint_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | CheckpointConfig,
         *,
         fingerprint: str,
         description: list[dict[str, Any]] | None = None,
@@ -185,135 +221,238 @@ class CheckpointStore:
         owner: dict[str, Any] | None = None,
         map_size: int = INITIAL_MAP_SIZE,
         recent_limit: int = DEFAULT_RECENT_LIMIT,
+        compact_every: int = COMPACT_EVERY,
         digest_budget: int = DEFAULT_DIGEST_BUDGET,
     ) -> CheckpointStore:
-        """Open (create or reopen) ``writer_id``'s file in ``checkpoint_dir`` and load the ledger.
+        """Open (create or reopen) ``writer_id``'s record at ``checkpoint`` and load the ledger.
 
         ``verify_fingerprint=False`` skips the fingerprint comparison with other writers (the
-        driver already did it in ``preflight``); a reopened own file must still match.
+        driver already did it in ``preflight``); a reopened own record must still match.
         """
-        # Every ledger file is opened (and so checked) below; validation need not open them first.
-        checkpoint = validate_checkpoint_dir(checkpoint_dir, check_ledger_files=False)
-        writer_id = writer_id or new_writer_id()
-        path = writer_path(checkpoint, writer_id)
+        from nemo_curator.resumability.checkpoint import validate_cache_dir
+
+        config = coerce_checkpoint(checkpoint)
         start = time.perf_counter()
+        location = open_location(config, writable=True)
+        cache_dir = validate_cache_dir(config.resolved_cache_dir(), config)
+        writer_id = writer_id or new_writer_id()
+        store = cls(
+            config,
+            location,
+            writer_id,
+            fingerprint,
+            cache_dir / f"{writer_id}.lmdb",
+            recent_limit,
+            map_size,
+            compact_every,
+            digest_budget,
+        )
+        read = _read(location, config, recent_limit)
         overridden = None
         if verify_fingerprint:
-            others = writer_infos(checkpoint, exclude=path)
-            overridden = check_fingerprint(checkpoint, others, fingerprint, description, allow_fingerprint_change)
-        env = acquire_env(path, readonly=False, map_size=map_size)
-        store = cls(checkpoint, writer_id, fingerprint, env, path, recent_limit, digest_budget)
+            others = [h for w, h in read.headers.items() if w != writer_id]
+            overridden = check_fingerprint(config.display, others, fingerprint, description, allow_fingerprint_change)
+        store._init_header(read, description, owner or {}, overridden)
         try:
-            store._init_file(description, owner or {}, overridden)
-            store._load()
+            store._load(read)
         except BaseException:
-            store._release()  # without marking the file closed: it may not be ours to write
+            store._release()
             raise
         store.load_seconds = time.perf_counter() - start
         return store
 
-    def _init_file(
-        self, description: list[dict[str, Any]] | None, owner: dict[str, Any], overridden: str | None
+    def _init_header(
+        self,
+        read: CheckpointRead,
+        description: list[dict[str, Any]] | None,
+        owner: dict[str, Any],
+        overridden: str | None,
     ) -> None:
-        env = self._require_env()
-        with env.begin(write=True) as txn:
-            for name in ALL_DBS:
-                self._dbs[name] = env.open_db(name, txn=txn, create=True)
-            meta_db = self._dbs[DB_META]
-            existing = {bytes(k).decode(): bytes(v) for k, v in txn.cursor(meta_db).iternext()}
-            now = time.time()
-            info = {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "process": this_process(),
-                "owner": owner,
-                "updated": now,
-                "opened": now,
-            }
-            if existing:
-                app = _json(existing.get("app"))
-                if app != APP_MARKER or _json(existing.get("writer_id")) != self.writer_id:
-                    raise CheckpointError(
-                        f"{self.path} is not this run's ledger file (app {app!r}, writer "
-                        f"{_json(existing.get('writer_id'))!r}); use a new checkpoint directory"
-                    )
-                stored = _json(existing.get("fingerprint"))
-                if stored != self.fingerprint:
-                    raise FingerprintMismatchError(
-                        f"ledger file {self.path} of run {self.writer_id} was written with pipeline fingerprint "
-                        f"{stored}, but it was reopened with {self.fingerprint}; a run's pipeline cannot change "
-                        "while it runs. Start a new run (a new writer) instead",
-                        directory=str(self.checkpoint),
-                        stored=str(stored),
-                        current=self.fingerprint,
-                    )
-                info["reopened"] = int(_json(existing.get("reopened")) or 0) + 1
-            else:
-                info.update(
-                    {
-                        "app": APP_MARKER,
-                        "format_version": FORMAT_VERSION,
-                        "fingerprint": self.fingerprint,
-                        "fingerprint_description": description,
-                        "created": now,
-                        "writer_id": self.writer_id,
-                        "reopened": 0,
-                    }
+        existing = read.headers.get(self.writer_id)
+        if existing is not None:
+            if existing.fingerprint != self.fingerprint:
+                raise FingerprintMismatchError(
+                    f"run {self.writer_id} in checkpoint {self.checkpoint} was written with pipeline fingerprint "
+                    f"{existing.fingerprint}, but it was reopened with {self.fingerprint}; a run's pipeline cannot "
+                    "change while it runs. Start a new run (a new writer) instead",
+                    directory=self.checkpoint,
+                    stored=existing.fingerprint,
+                    current=self.fingerprint,
                 )
-                if overridden is not None:
-                    info["overrode_fingerprint"] = overridden
-            for key, value in info.items():
-                txn.put(key.encode(), encode_meta(value), db=meta_db)
-            txn.delete(b"closed", db=meta_db)
+            self.header = existing
+            return
+        info: dict[str, Any] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process": this_process(),
+            "owner": owner,
+            "created": time.time(),
+            "format_version": FORMAT_VERSION,
+        }
+        if overridden is not None:
+            info["overrode_fingerprint"] = overridden
+        header = WriterHeader(
+            writer_id=self.writer_id,
+            fingerprint=self.fingerprint,
+            start_stamp=read.union.max_stamp + 1,
+            description=description,
+            info=info,
+        )
+        log = WriterLog(
+            self.location,
+            self.writer_id,
+            state=None,
+            objects=None,
+            recent_limit=self._recent_limit,
+            compact_every=self._compact_every,
+        )
+        try:
+            log.write_header(header)
+        except Exception as exc:
+            raise describe_access_error(self.config, exc, "writing this run's header object") from exc
+        read.headers[self.writer_id] = header
+        self.header = header
 
-    def _load(self) -> None:
-        """Build the ledger: the union of every file's completions, this writer's failed and in-flight state."""
-        scan = scan_checkpoint(self.checkpoint)
-        self.other_writers = sum(1 for w in scan.writers if w.info.path.name != self.path.name)
-        self._own_completed_at_load = sum(w.completed for w in scan.writers if w.info.path.name == self.path.name)
-        self._failed_open = set(scan.failed)
-        own = WriterFile.open(self.path)
-        if own is None:  # cannot happen: _init_file wrote metadata
-            raise CheckpointError(f"ledger file {self.path} could not be read back after creation")
-        with own:
-            failed_run = [source_id_from_key(k) for k in own.failed()]
-            self.ledger = SourceLedger(
-                scan.completed, failed_run, recent_limit=self._recent_limit, digest_budget=self._digest_budget
-            )
-            self.meta = dict(own.meta)
-            self._next_record = own.last_completion_record() + 1
-            rows = list(own.inflight_rows())
-            self._seqs = own.senders()
-            self._recent_log.clear()
-            self._recent_total = 0
-            recent: list[tuple[bytes, bytes | None]] = []
-            for number, _, entries in own.recent_records():
-                weight = _recent_weight(entries)
-                self._recent_log.append((number, weight))
-                self._recent_total += weight
-                recent.extend(entries)
-            completed_now: set[bytes] = set()
-            own.add_completed_to(completed_now)
-            self.ledger.restore_recent(recent, completed_now)
+    def _load(self, read: CheckpointRead) -> None:
+        """Build the ledger: the union of every writer's completions, this writer's own state."""
+        assert self.header is not None
+        own = read.states.get(self.writer_id) or WriterState(self.writer_id)
+        self._log = WriterLog(
+            self.location,
+            self.writer_id,
+            state=own,
+            objects=read.objects.get(self.writer_id),
+            recent_limit=self._recent_limit,
+            compact_every=self._compact_every,
+        )
+        self._log.state.closed = None  # reopened: running again
+        self._clock = max(read.union.max_stamp, self.header.start_stamp, own.stamp)
+        self.other_writers = sum(1 for w in read.headers if w != self.writer_id)
+        self._own_completed_at_load = len(own.completed)
+        self._failed_open = set(read.union.failed)
+        self._seqs = dict(own.senders)
+        self.meta = {
+            **self.header.info,
+            "writer_id": self.writer_id,
+            "fingerprint": self.fingerprint,
+            "start_stamp": self.header.start_stamp,
+            **own.meta,
+        }
+        failed_run = [source_id_from_key(k) for k in own.failed]
+        self.ledger = SourceLedger(
+            set(read.union.completed), failed_run, recent_limit=self._recent_limit, digest_budget=self._digest_budget
+        )
+        self.ledger.restore_recent(own.recent.items(), own.completed.keys())
+        rows = [(key, tkey, num, exp) for key, tasks in own.inflight.items() for tkey, (num, exp) in tasks.items()]
         fix = self.ledger.restore(rows)
+        self._rebuild_cache(own)
         if fix.needs_commit():
             logger.warning(
-                "ledger file {} held in-flight state that was already settled ({} completed, {} failed); fixed",
-                self.path,
+                "checkpoint {}: run {} held in-flight state that was already settled ({} completed, {} failed); fixed",
+                self.checkpoint,
+                self.writer_id,
                 len(fix.completed),
                 len(fix.failed),
             )
             self.commit(fix)
 
+    # -- the LMDB cache -----------------------------------------------------------------
+
+    def _rebuild_cache(self, own: WriterState) -> None:
+        """Replace the LMDB cache with exactly this writer's durable state."""
+        self._release()
+        for path in (self.path, Path(str(self.path) + LOCK_SUFFIX)):
+            path.unlink(missing_ok=True)
+        env = acquire_env(self.path, readonly=False, map_size=self._map_size, durable=False)
+        self._env = env
+        self._next_record = 0
+        with env.begin(write=True) as txn:
+            for name in ALL_DBS:
+                self._dbs[name] = env.open_db(name, txn=txn, create=True)
+            meta_db = self._dbs[DB_META]
+            for key, value in {**self.meta, "app": APP_MARKER, "durable_upto": own.upto}.items():
+                txn.put(key.encode(), encode_meta(value), db=meta_db)
+            by_stamp: dict[int, list[bytes]] = {}
+            for key, stamp in own.completed.items():
+                by_stamp.setdefault(stamp, []).append(key)
+            for stamp in sorted(by_stamp):
+                for value in encode_completion_records(stamp, by_stamp[stamp]):
+                    txn.put(pack_u64(self._next_record), value, db=self._dbs[DB_COMPLETED], append=True)
+                    self._next_record += 1
+            for key, (stamp, reason) in own.failed.items():
+                txn.put(key, pack_u64(stamp) + reason.encode(errors="replace"), db=self._dbs[DB_FAILED])
+            for key, stamp in own.revoked.items():
+                txn.put(key, pack_u64(stamp), db=self._dbs[DB_REVOKED])
+            for key, tasks in own.inflight.items():
+                for tkey, (num, exp) in tasks.items():
+                    txn.put(row_prefix(key) + tkey.encode(), b"%d/2^%d" % (num, exp), db=self._dbs[DB_INFLIGHT])
+            for sender, seq in own.senders.items():
+                txn.put(sender.encode(), pack_u64(seq), db=self._dbs[DB_SENDERS])
+            if own.recent:
+                txn.put(pack_u64(0), encode_recent_record(list(own.recent.items())), db=self._dbs[DB_RECENT])
+
+    def _commit_cache(self, update: LedgerUpdate, stamp: int, sender: str | None, seq: int | None) -> None:
+        env = self._require_env()
+        for _ in range(64):
+            try:
+                with env.begin(write=True) as txn:
+                    record = self._write(txn, update, stamp, sender, seq)
+            except lmdb.MapFullError:
+                new_size = env.info()["map_size"] * 2
+                logger.debug("ledger cache {}: growing the LMDB map to {} bytes", self.path, new_size)
+                env.set_mapsize(new_size)
+                continue
+            self._next_record = record
+            return
+        raise CheckpointError(f"ledger cache {self.path}: the LMDB map could not be grown enough for one batch")
+
+    def _write(
+        self, txn: lmdb.Transaction, update: LedgerUpdate, stamp: int, sender: str | None, seq: int | None
+    ) -> int:
+        """Write ``update`` to the cache; returns the next completion record number."""
+        dbs = self._dbs
+        packed = pack_u64(stamp)
+        record = self._next_record
+        if update.completed_keys:
+            for value in encode_completion_records(stamp, update.completed_keys):
+                txn.put(pack_u64(record), value, db=dbs[DB_COMPLETED], append=True)
+                record += 1
+        for sid, reason in update.failed.items():
+            txn.put(source_key(sid), packed + reason[:MAX_REASON_CHARS].encode(errors="replace"), db=dbs[DB_FAILED])
+        for sid in update.revoked:
+            txn.put(source_key(sid), packed, db=dbs[DB_REVOKED])
+        if update.inflight_cleared:
+            cursor = txn.cursor(db=dbs[DB_INFLIGHT])
+            for key in update.inflight_cleared:
+                prefix = row_prefix(key)
+                if cursor.set_range(prefix):
+                    while cursor.key().startswith(prefix):
+                        if not cursor.delete():
+                            break
+        if update.inflight_added:
+            items = sorted(
+                (row_prefix(key) + tkey.encode(), b"%d/2^%d" % (num, exp))
+                for key, tkey, num, exp in update.inflight_added
+            )
+            txn.cursor(db=dbs[DB_INFLIGHT]).putmulti(items)
+        if update.completed_keys:
+            entries = list(zip(update.completed_keys, update.completed_digests, strict=True))
+            txn.put(pack_u64(record), encode_recent_record(entries), db=dbs[DB_RECENT])
+        if sender is not None and seq is not None:
+            txn.put(sender.encode(), pack_u64(seq), db=dbs[DB_SENDERS])
+        assert self._log is not None
+        txn.put(b"durable_upto", encode_meta(self._log.state.upto), db=dbs[DB_META])
+        return record
+
     # -- writing ----------------------------------------------------------------------
 
     def _require_env(self) -> lmdb.Environment:
         if self._env is None:
-            raise CheckpointError(f"checkpoint store {self.path} is closed")
+            raise CheckpointError(f"checkpoint store for {self.checkpoint} (cache {self.path}) is closed")
         return self._env
 
     def last_seq(self, sender: str) -> int:
-        """The last batch sequence number committed for ``sender`` (-1 if none)."""
+        """The last batch sequence number applied for ``sender`` (-1 if none)."""
         return self._seqs.get(sender, -1)
 
     def apply(
@@ -324,22 +463,47 @@ class CheckpointStore:
         seq: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> LedgerUpdate | None:
-        """Apply one batch and commit it; ``None`` when ``(sender, seq)`` was already committed."""
+        """Apply one batch and make it durable; ``None`` when ``(sender, seq)`` was already applied."""
+        if self._broken is not None:
+            raise CheckpointError(
+                f"checkpoint store for {self.checkpoint} failed earlier and could not reload its durable record "
+                f"({self._broken}); this run cannot record progress. Rerun to resume from what was acknowledged"
+            ) from self._broken
         if sender is not None and seq is not None and seq <= self._seqs.get(sender, -1):
             return None
         batch = reports if isinstance(reports, ReportBatch) else ReportBatch.from_reports(reports)
         update = self.ledger.apply_batch(batch)
         try:
             self.commit(update, sender=sender, seq=seq, meta=meta)
-        except BaseException:
-            logger.error("committing a ledger batch to {} failed; reloading the ledger from the file", self.path)
-            self.reload()
+        except BaseException as exc:
+            logger.error(
+                "checkpoint {}: recording a ledger batch failed ({}); reloading the ledger from the durable record",
+                self.checkpoint,
+                exc,
+            )
+            self._reload_after_failure()
+            if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
+                raise describe_access_error(self.config, exc, "writing a ledger segment") from exc
             raise
         return update
 
+    def _reload_after_failure(self) -> None:
+        try:
+            self.reload()
+        except BaseException as exc:
+            self._broken = exc
+            logger.error("checkpoint {}: reloading the durable record failed too ({})", self.checkpoint, exc)
+
     def reload(self) -> None:
-        """Rebuild the in-memory ledger from the files (after a failed commit)."""
-        self._load()
+        """Rebuild the in-memory ledger (and the cache) from the durable record."""
+        read = _read(self.location, self.config, self._recent_limit)
+        if self.writer_id not in read.headers:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint}: this run's header object (ledger/{self.writer_id}/header-*.rec) has "
+                "disappeared. Fix: check that nothing else deletes objects in the checkpoint location"
+            )
+        self.header = read.headers[self.writer_id]
+        self._load(read)
 
     def commit(
         self,
@@ -349,134 +513,66 @@ class CheckpointStore:
         seq: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        """Persist ``update``, the batch tag and ``meta`` entries in one write transaction.
+        """Make ``update`` and its batch tag durable (one segment), then commit the cache.
 
-        Grows the LMDB map and retries when it is full.
+        A batch that changed nothing writes nothing (resending it is harmless); ``meta`` is
+        recorded with the next segment or snapshot.
         """
-        if not update.needs_commit() and sender is None and not meta:
-            return
-        env = self._require_env()
-        for _ in range(64):
-            try:
-                with env.begin(write=True) as txn:
-                    next_record, appended, pruned = self._write(txn, update, sender, seq)
-                    if meta:
-                        meta_db = self._dbs[DB_META]
-                        for key, value in meta.items():
-                            txn.put(key.encode(), encode_meta(value), db=meta_db)
-            except lmdb.MapFullError:
-                new_size = env.info()["map_size"] * 2
-                logger.debug("ledger file {}: growing the LMDB map to {} bytes", self.path, new_size)
-                env.set_mapsize(new_size)
-                continue
-            self.commits += 1
-            self._next_record = next_record
-            for _ in range(pruned):
-                self._recent_total -= self._recent_log.popleft()[1]
-            if appended is not None:
-                self._recent_log.append(appended)
-                self._recent_total += appended[1]
-            if sender is not None and seq is not None:
-                self._seqs[sender] = seq
-            if meta:
-                self.meta.update(meta)
-            failed_open = self._failed_open
-            for sid in update.failed:
-                failed_open.add(source_key(sid))
-            if failed_open:
-                failed_open.difference_update(update.completed_keys)
-            return
-        raise CheckpointError(f"ledger file {self.path}: the LMDB map could not be grown enough for one batch")
-
-    def _write(
-        self, txn: lmdb.Transaction, update: LedgerUpdate, sender: str | None, seq: int | None
-    ) -> tuple[int, tuple[int, int] | None, int]:
-        """Write ``update``.
-
-        Returns the next completion record number, the ``(number, sources)`` of the appended
-        recent-completion record (or ``None``) and how many old records were pruned; the
-        caller applies them to its bookkeeping once the transaction committed.
-        """
-        dbs = self._dbs
-        now_ns = time.time_ns()
-        now = pack_u64(now_ns)
-        record = self._next_record
-        if update.completed_keys:
-            completed_db = dbs[DB_COMPLETED]
-            for value in encode_completion_records(now_ns, update.completed_keys):
-                txn.put(pack_u64(record), value, db=completed_db, append=True)
-                record += 1
-        if update.failed:
-            items = sorted(
-                (source_key(sid), now + reason[:MAX_REASON_CHARS].encode(errors="replace"))
-                for sid, reason in update.failed.items()
-            )
-            txn.cursor(db=dbs[DB_FAILED]).putmulti(items)
-        if update.revoked:
-            revoked_db = dbs[DB_REVOKED]
-            for sid in update.revoked:
-                txn.put(source_key(sid), now, db=revoked_db)
-        if update.inflight_cleared:
-            cursor = txn.cursor(db=dbs[DB_INFLIGHT])
-            for key in update.inflight_cleared:
-                prefix = row_prefix(key)
-                if cursor.set_range(prefix):
-                    while cursor.key().startswith(prefix):
-                        if not cursor.delete():
-                            break
-        if update.inflight_added:
-            prefixes: dict[bytes, bytes] = {}
-            items = []
-            # Row key = prefix + task key; value = ``keys.encode_credit`` inlined (one row per in-flight report).
-            for key, tkey, num, exp in update.inflight_added:
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    prefix = prefixes[key] = row_prefix(key)
-                items.append((prefix + tkey.encode(), b"%d/2^%d" % (num, exp)))
-            items.sort()
-            txn.cursor(db=dbs[DB_INFLIGHT]).putmulti(items)
-        appended, pruned = self._write_recent(txn, update)
+        if meta:
+            self.meta.update(meta)
         if sender is not None and seq is not None:
-            txn.put(sender.encode(), pack_u64(seq), db=dbs[DB_SENDERS])
-        txn.put(b"updated", encode_meta(time.time()), db=dbs[DB_META])
-        return record, appended, pruned
+            self._seqs[sender] = max(seq, self._seqs.get(sender, -1))
+        if not update.needs_commit():
+            return
+        log = self._log
+        assert log is not None
+        stamp = self._clock + 1
+        seg = Segment(
+            writer_id=self.writer_id,
+            number=log.next_number,
+            stamp=stamp,
+            completed=list(update.completed_keys),
+            recent=list(zip(update.completed_keys, update.completed_digests, strict=True)),
+            failed={source_key(sid): reason[:MAX_REASON_CHARS] for sid, reason in update.failed.items()},
+            revoked=[source_key(sid) for sid in update.revoked],
+            added=list(update.inflight_added),
+            cleared=list(update.inflight_cleared),
+            sender=sender,
+            seq=seq,
+            time=time.time(),
+            meta=dict(meta or {}),
+        )
+        log.append(seg)
+        self._clock = stamp
+        self.commits += 1
+        failed_open = self._failed_open
+        for key in seg.failed:
+            failed_open.add(key)
+        if failed_open:
+            failed_open.difference_update(update.completed_keys)
+        self._commit_cache(update, stamp, sender, seq)
+        if log.compaction_due():
+            log.compact(meta=self.meta_counters())
 
-    def _write_recent(self, txn: lmdb.Transaction, update: LedgerUpdate) -> tuple[tuple[int, int] | None, int]:
-        """Append the digests of the sources completed in ``update``; prune beyond the budget.
-
-        The log's entries are ``(record number, weight)``: what the record's digests cost the
-        ledger at their narrowest width (``digests.floor_cost``). The newest records whose weight
-        stays within the ledger's digest budget are kept, a superset of the digests it holds.
-        """
-        if not update.completed_keys:
-            return None, 0
-        entries = list(zip(update.completed_keys, update.completed_digests, strict=True))
-        db = self._dbs[DB_RECENT]
-        number = self._recent_log[-1][0] + 1 if self._recent_log else 0
-        txn.put(pack_u64(number), encode_recent_record(entries), db=db, append=True)
-        weight = _recent_weight(entries)
-        pruned = 0
-        total = self._recent_total + weight
-        budget = self.ledger.digests.budget
-        for old_number, size in self._recent_log:
-            if total <= budget:
-                break
-            txn.delete(pack_u64(old_number), db=db)
-            total -= size
-            pruned += 1
-        return (number, weight), pruned
+    def meta_counters(self) -> dict[str, Any]:
+        """The counters recorded in snapshots (``sources_seen`` / ``sources_skipped`` when the actor set them)."""
+        return {k: v for k, v in self.meta.items() if k in ("sources_seen", "sources_skipped")}
 
     # -- queries ----------------------------------------------------------------------
 
     def completed(self, source_ids: Iterable[str]) -> list[str]:
         return self.ledger.completed_among(source_ids)
 
+    @property
+    def segments_written(self) -> int:
+        return 0 if self._log is None else self._log.appended
+
     def status(self) -> LedgerStatus:
         """Counters of this writer and its ledger (``to_dict()`` for JSON)."""
         ledger = self.ledger
         stats = ledger.stats
         return LedgerStatus(
-            checkpoint=str(self.checkpoint),
+            checkpoint=self.checkpoint,
             writer_id=self.writer_id,
             fingerprint=self.fingerprint,
             completed_sources=ledger.completed_count,
@@ -494,19 +590,29 @@ class CheckpointStore:
             other_writers=self.other_writers,
         )
 
-    def close(self) -> None:
-        """Mark the file closed and release it; what was committed stays."""
-        env = self._env
-        if env is None:
+    def compact(self) -> bool:
+        """Write a snapshot of this writer's record now (see ``WriterLog.compact``)."""
+        return False if self._log is None else self._log.compact(meta=self.meta_counters())
+
+    def close(self, *, remove_cache: bool = True) -> None:
+        """Write a final snapshot (marked closed), release and remove the cache; what was durable stays.
+
+        A failed snapshot is only logged: the segments it would replace stay valid.
+        """
+        if self._env is None and self._log is None:
             return
+        log, self._log = self._log, None
         try:
-            if self._dbs:
-                with env.begin(write=True) as txn:
-                    txn.put(b"closed", encode_meta(time.time()), db=self._dbs[DB_META])
-        except lmdb.Error as exc:
-            logger.warning("could not mark ledger file {} closed: {}", self.path, exc)
+            if log is not None and self._broken is None:
+                log.compact(closed=time.time(), meta=self.meta_counters())
         finally:
             self._release()
+            if remove_cache:
+                for path in (self.path, Path(str(self.path) + LOCK_SUFFIX)):
+                    path.unlink(missing_ok=True)
+                with_parent = self.path.parent
+                if with_parent.is_dir() and not any(with_parent.iterdir()):
+                    shutil.rmtree(with_parent, ignore_errors=True)
 
     def _release(self) -> None:
         env = self._env
@@ -519,12 +625,3 @@ class CheckpointStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _recent_weight(entries: list[tuple[bytes, bytes | None]]) -> int:
-    """What the digests of a recent-log record cost the ledger at their narrowest width."""
-    return sum(floor_cost(len(data) // 8) for _, data in entries if data is not None)
-
-
-def _json(value: bytes | None) -> Any:
-    return None if value is None else json.loads(value)

@@ -1,14 +1,14 @@
-"""Checkpoint directory validation: clear errors naming the path and the fix, nothing deleted."""
+"""Checkpoint location and cache validation: clear errors naming the path and the fix, nothing deleted."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import lmdb
 import pytest
 from loguru import logger
 
@@ -17,11 +17,12 @@ from nemo_curator.resumability.checkpoint import (
     filesystem_type,
     network_filesystem_type,
     parse_mount_table,
+    validate_cache_dir,
     validate_checkpoint_dir,
 )
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.inspect import checkpoint_status
-from nemo_curator.resumability.layout import APP_MARKER, FORMAT_VERSION, encode_meta
+from nemo_curator.resumability.records import DIGEST_SIZE, RECORD_FORMAT
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.tasks.credit import Credit
@@ -84,23 +85,29 @@ def _nfs_table_for(path: Path) -> str:
     return f"1 0 0:1 / / rw - ext4 /dev/vda rw\n2 1 0:2 / {path} rw - nfs4 srv:/x rw\n"
 
 
-def test_a_network_checkpoint_is_refused_unless_explicitly_allowed(
+def test_a_network_cache_dir_is_refused_unless_explicitly_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(ALLOW_NETWORK_ENV, raising=False)
     with pytest.raises(CheckpointError) as err:
-        validate_checkpoint_dir(tmp_path, mount_table=_nfs_table_for(tmp_path))
+        validate_cache_dir(tmp_path, mount_table=_nfs_table_for(tmp_path))
     message = str(err.value)
     assert str(tmp_path) in message and "'nfs4'" in message
-    assert "local disk" in message and f"{ALLOW_NETWORK_ENV}=1" in message
+    assert "cache_dir=" in message and f"{ALLOW_NETWORK_ENV}=1" in message
     monkeypatch.setenv(ALLOW_NETWORK_ENV, "1")
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
-        assert validate_checkpoint_dir(tmp_path, mount_table=_nfs_table_for(tmp_path)) == tmp_path.resolve()
+        assert validate_cache_dir(tmp_path, mount_table=_nfs_table_for(tmp_path)) == tmp_path.resolve()
     finally:
         logger.remove(sink)
     assert any("nfs4" in w and ALLOW_NETWORK_ENV in w for w in warnings)
+
+
+def test_a_checkpoint_on_a_network_filesystem_is_accepted(tmp_path: Path) -> None:
+    """The checkpoint holds only write-once objects (fsync + rename): NFS/Lustre are fine; only the cache is local."""
+    assert "mount_table" not in validate_checkpoint_dir.__code__.co_varnames
+    assert validate_checkpoint_dir(tmp_path) == tmp_path.resolve()
 
 
 def test_missing_directory_is_created(tmp_path: Path) -> None:
@@ -209,43 +216,40 @@ def test_a_directory_that_cannot_be_entered_is_reported(open_base: Path) -> None
     assert str(private / "ckpt") in message and "Permission denied" in message, message
 
 
-def test_a_corrupt_ledger_file_is_refused_and_kept(tmp_path: Path) -> None:
-    validate_checkpoint_dir(tmp_path)
-    junk = tmp_path / "ledger" / "host-1-abc.lmdb"
-    payload = os.urandom(20000)
-    junk.write_bytes(payload)
-    with pytest.raises(CheckpointError) as err:
-        validate_checkpoint_dir(tmp_path)
-    assert str(junk) in str(err.value) and "not an LMDB file" in str(err.value)
-    with pytest.raises(CheckpointError):
-        CheckpointStore.open(tmp_path, fingerprint="f")
-    assert junk.read_bytes() == payload
-    assert not (tmp_path / "ledger" / "host-1-abc.lmdb-lock").exists()
+def _one_segment_checkpoint(tmp_path: Path) -> Path:
+    sid = "ef" * 16
+    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", compact_every=10**6) as store:
+        store.apply([Report(sid, "half", Credit.make(1, 1))])
+        segment = next((tmp_path / "ledger" / "run").glob("seg-*.rec"))
+        store._log = None  # no closing snapshot: keep the segment as the only record of the batch
+    return segment
 
 
-def test_a_foreign_lmdb_file_is_refused(tmp_path: Path) -> None:
-    validate_checkpoint_dir(tmp_path)
-    foreign = tmp_path / "ledger" / "other.lmdb"
-    env = lmdb.open(str(foreign), subdir=False)
-    with env.begin(write=True) as txn:
-        txn.put(b"some", b"data")
-    env.close()
-    with pytest.raises(CheckpointError, match="foreign"):
-        validate_checkpoint_dir(tmp_path)
-    assert foreign.exists()
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped"])
+def test_a_corrupt_object_is_refused_naming_it_and_kept(tmp_path: Path, damage: str) -> None:
+    segment = _one_segment_checkpoint(tmp_path)
+    data = segment.read_bytes()
+    payload = {
+        "garbage": os.urandom(2000),
+        "truncated": data[: len(data) // 2],
+        "flipped": data[:20] + bytes([data[20] ^ 1]) + data[21:],
+    }[damage]
+    segment.write_bytes(payload)
+    for call in (lambda: CheckpointStore.open(tmp_path, fingerprint="f"), lambda: checkpoint_status(tmp_path)):
+        with pytest.raises(CheckpointError) as err:
+            call()
+        message = str(err.value)
+        assert str(segment) in message and "corrupt" in message and "Fix:" in message
+    assert segment.read_bytes() == payload
 
 
-def test_a_ledger_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
-    validate_checkpoint_dir(tmp_path)
-    newer = tmp_path / "ledger" / "future.lmdb"
-    env = lmdb.open(str(newer), subdir=False, max_dbs=4)
-    meta = env.open_db(b"meta")
-    with env.begin(write=True) as txn:
-        txn.put(b"app", encode_meta(APP_MARKER), db=meta)
-        txn.put(b"format_version", encode_meta(FORMAT_VERSION + 1), db=meta)
-    env.close()
+def test_an_object_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    segment = _one_segment_checkpoint(tmp_path)
+    body = bytearray(segment.read_bytes()[:-DIGEST_SIZE])
+    body[4] = RECORD_FORMAT + 1
+    segment.write_bytes(bytes(body) + hashlib.blake2b(bytes(body), digest_size=DIGEST_SIZE).digest())
     with pytest.raises(CheckpointError, match="upgrade nemo_curator"):
-        validate_checkpoint_dir(tmp_path)
+        checkpoint_status(tmp_path)
 
 
 def test_the_ledger_path_being_a_file_is_reported(tmp_path: Path) -> None:
@@ -261,7 +265,7 @@ def test_unexpected_files_are_left_alone_with_a_warning(tmp_path: Path) -> None:
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
-        validate_checkpoint_dir(tmp_path)
+        CheckpointStore.open(tmp_path, fingerprint="f").close()
     finally:
         logger.remove(sink)
     assert any("README" in w for w in warnings)

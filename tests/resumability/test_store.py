@@ -1,4 +1,4 @@
-"""The LMDB checkpoint store: persistence, restarts, writers, batch tags, growth, inspection."""
+"""The checkpoint store on a local directory: persistence, restarts, writers, batch tags, cache growth, inspection."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_curator.resumability.digests import floor_cost
+from nemo_curator.resumability.durable import read_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.inspect import checkpoint_status, describe_checkpoint
 from nemo_curator.resumability.keys import (
@@ -25,7 +26,7 @@ from nemo_curator.resumability.keys import (
     source_id_from_key,
     source_key,
 )
-from nemo_curator.resumability.layout import WriterFile, writer_path
+from nemo_curator.resumability.location import LocalLocation
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.tasks.credit import Credit
@@ -123,8 +124,8 @@ def test_fingerprint_is_checked_against_the_latest_run(tmp_path: Path) -> None:
     message = str(err.value)
     assert str(tmp_path) in message and "old" in message and "new" in message
     assert "stage 0 ('a'): x: 1 -> 2" in message
-    assert "allow_fingerprint_change=True" in message and "new (empty) checkpoint directory" in message
-    assert not writer_path(tmp_path, "run-2").exists()
+    assert "allow_fingerprint_change=True" in message and "new (empty) checkpoint location" in message
+    assert not (tmp_path / "ledger" / "run-2").exists()
     with CheckpointStore.open(
         tmp_path, fingerprint="new", description=changed, writer_id="run-2", allow_fingerprint_change=True
     ) as store:
@@ -148,9 +149,9 @@ def test_recent_completion_log_is_pruned_to_the_digest_budget(tmp_path: Path) ->
             sid = source_id(500 + i)
             store.apply([Report(sid, sid, Credit.one())])
         assert 1 <= store.ledger.recent_count <= 5 and store.ledger.digests.bytes_used <= budget
-    with WriterFile.open(writer_path(tmp_path, "run")) as wf:  # type: ignore[union-attr]
-        kept = [source_id_from_key(k) for _, _, entries in wf.recent_records() for k, _ in entries]
-    assert kept == [source_id(500 + i) for i in range(55, 60)]
+    recent = read_checkpoint(LocalLocation(tmp_path), recent_limit=10**6).states["run"].recent
+    kept = [source_id_from_key(k) for k in recent]
+    assert kept[-1] == source_id(559)
     with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run", digest_budget=budget) as store:
         assert 1 <= store.ledger.recent_count <= 5
         sid = source_id(559)
@@ -158,14 +159,32 @@ def test_recent_completion_log_is_pruned_to_the_digest_budget(tmp_path: Path) ->
         assert update is not None and update.duplicates == 1 and not update.anomalies
 
 
-def test_empty_and_unfinished_writer_files_are_ignored(tmp_path: Path) -> None:
-    CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run").close()
-    (tmp_path / "ledger" / "crashed-at-create.lmdb").write_bytes(b"")
-    env = lmdb.open(str(tmp_path / "ledger" / "no-databases.lmdb"), subdir=False)
+def test_a_checkpoint_in_the_old_lmdb_format_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "ledger").mkdir()
+    env = lmdb.open(str(tmp_path / "ledger" / "host-1-abc.lmdb"), subdir=False)
     env.close()
+    for call in (
+        lambda: CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run"),
+        lambda: checkpoint_status(tmp_path),
+    ):
+        with pytest.raises(CheckpointError, match="older version") as err:
+            call()
+        assert str(tmp_path) in str(err.value) and "new checkpoint location" in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == ["host-1-abc.lmdb", "host-1-abc.lmdb-lock"]
+
+
+def test_temporary_and_headerless_objects_are_ignored(tmp_path: Path) -> None:
+    a = source_id(30)
+    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run") as store:
+        store.apply([Report(a, a, Credit.one())])
+    (tmp_path / "ledger" / "run" / ".tmp-seg-000000000009-0123456789abcdef.rec.1234").write_bytes(b"torn")
+    orphan = tmp_path / "ledger" / "orphan"
+    orphan.mkdir()
+    (orphan / "seg-000000000000-0123456789abcdef.rec").write_bytes(b"never read")
     status = checkpoint_status(tmp_path)
-    assert [w["writer_id"] for w in status["writers"]] == ["run"]
-    CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run-2").close()
+    assert [w["writer_id"] for w in status["writers"]] == ["run"] and status["completed"] == [a]
+    with CheckpointStore.open(tmp_path, fingerprint="f", writer_id="run-2") as store:
+        assert store.ledger.completed_among([a]) == [a]
 
 
 def test_status_can_be_read_while_the_store_is_open(tmp_path: Path) -> None:

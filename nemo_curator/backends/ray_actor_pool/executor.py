@@ -31,7 +31,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -41,6 +41,9 @@ from nemo_curator.backends.ray_actor_pool.config import ActorPoolSettings
 from nemo_curator.backends.resources import round_down_to_step, scale_cpu_requests
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import Task
+
+if TYPE_CHECKING:
+    from nemo_curator.resumability.config import CheckpointConfig
 
 
 class RayActorPoolExecutor(BaseExecutor):
@@ -77,7 +80,9 @@ class RayActorPoolExecutor(BaseExecutor):
 
     name = "ray_actor_pool"
 
-    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
+    ) -> None:
         super().__init__(config=config, checkpoint=checkpoint)
         self.settings = ActorPoolSettings.from_config(self.config)
 

@@ -46,6 +46,8 @@ from nemo_curator.utils.processes import pid_alive
 if TYPE_CHECKING:
     import ray.data
 
+    from nemo_curator.resumability.config import CheckpointConfig
+
 #: Ray Data names the actors of a class UDF's pool ``MapWorker(<operator>)``.
 _MAP_WORKER_PREFIX = "MapWorker("
 
@@ -174,7 +176,9 @@ class RayDataExecutor(BaseExecutor):
 
     name = "ray_data"
 
-    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
+    ) -> None:
         super().__init__(config, checkpoint)
         self.settings = RayDataSettings.from_config(self.config)
 

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -29,6 +29,9 @@ from nemo_curator.backends.errors import error_to_raise, find_stage_error
 from nemo_curator.backends.xenna.config import XennaSettings
 from nemo_curator.backends.xenna.pipeline import build_stage_specs, fit_cpu_requests, pipeline_config
 from nemo_curator.tasks import Task
+
+if TYPE_CHECKING:
+    from nemo_curator.resumability.config import CheckpointConfig
 
 # Importable from here as before the split into ``config``, ``pipeline`` and ``errors``.
 __all__ = ["XennaExecutor", "XennaSettings", "build_stage_specs", "find_stage_error", "fit_cpu_requests"]
@@ -83,7 +86,9 @@ class XennaExecutor(BaseExecutor):
 
     name = "xenna"
 
-    def __init__(self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
+    ) -> None:
         super().__init__(config=config, checkpoint=checkpoint)
         self.settings = XennaSettings.from_config(self.config)
 

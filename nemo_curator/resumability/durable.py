@@ -1,0 +1,292 @@
+"""Reading and writing the durable record at a checkpoint location (the truth of a checkpoint).
+
+``read_checkpoint(location)`` lists ``ledger/`` once (recursively), reads what each writer needs
+(its header, its newest snapshot and the segments after it) in parallel on a thread pool, and
+folds them (``scan``). When a listed object has vanished (its writer compacted meanwhile: the
+snapshot that replaced it is written before it is deleted) it lists again and retries, so a
+reader never misses a record. A checkpoint in the old format (LMDB files directly in
+``ledger/``) is refused, naming the path and the fix.
+
+``WriterLog`` is one writer's side: ``write_header``, ``append`` (one segment per acknowledged
+batch: written once, under a unique name, durable when the call returns) and ``compact`` (a
+snapshot covering its segments so far, then the deletion of what it covers).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from nemo_curator.resumability.errors import CheckpointError
+from nemo_curator.resumability.location import Location
+from nemo_curator.resumability.records import (
+    LEDGER_PREFIX,
+    ObjectName,
+    Segment,
+    WriterHeader,
+    WriterState,
+    decode_header,
+    decode_segment,
+    decode_snapshot,
+    encode_header,
+    encode_segment,
+    encode_snapshot,
+    object_path,
+    parse_object_path,
+)
+from nemo_curator.resumability.scan import CheckpointUnion, apply_segment, copy_state, fold_writer, union
+
+#: Threads reading objects in parallel at start-up.
+READ_THREADS = 16
+#: How often a reader lists again when listed objects vanished under it.
+MAX_LIST_ATTEMPTS = 8
+#: Old-format ledger files (one LMDB file per writer directly in ``ledger/``).
+OLD_FORMAT_SUFFIXES = (".lmdb", ".lmdb-lock")
+
+
+@dataclass
+class WriterObjects:
+    """The listed objects of one writer."""
+
+    headers: list[ObjectName] = field(default_factory=list)
+    snapshots: list[ObjectName] = field(default_factory=list)
+    segments: list[ObjectName] = field(default_factory=list)
+
+    def newest_snapshot(self) -> ObjectName | None:
+        return max(self.snapshots, key=lambda n: (n.number, n.nonce), default=None)
+
+    def needed(self) -> list[ObjectName]:
+        """What a reader must read: one header, the newest snapshot, the segments after it.
+
+        Nothing for a writer without a header (its records are ignored, with a warning).
+        """
+        if not self.headers:
+            return []
+        snap = self.newest_snapshot()
+        upto = snap.number if snap is not None else -1
+        out = sorted(self.headers, key=lambda n: n.nonce)[:1]
+        if snap is not None:
+            out.append(snap)
+        out.extend(n for n in self.segments if n.number > upto)
+        return out
+
+
+@dataclass
+class CheckpointRead:
+    """What ``read_checkpoint`` found: per writer its header, state and listed objects; and their union."""
+
+    headers: dict[str, WriterHeader]
+    states: dict[str, WriterState]
+    objects: dict[str, WriterObjects]
+    union: CheckpointUnion
+    unexpected: list[str] = field(default_factory=list)
+
+
+def check_format(location: Location) -> None:
+    """Refuse a checkpoint written by the earlier LMDB-in-the-checkpoint format."""
+    old = [name for name in location.entries(LEDGER_PREFIX) if name.endswith(OLD_FORMAT_SUFFIXES)]
+    if old:
+        raise CheckpointError(
+            f"checkpoint {location.display} was written by an older version of nemo_curator (LMDB files such as "
+            f"{LEDGER_PREFIX}/{old[0]} directly in the checkpoint); this version keeps a durable record of immutable "
+            "objects instead and cannot read it. Nothing was changed. Fix: use a new checkpoint location (the sources "
+            "recorded there are then redone), or finish the run with the version that wrote it"
+        )
+
+
+def list_objects(location: Location) -> tuple[dict[str, WriterObjects], list[str]]:
+    """The listed ledger objects grouped by writer, and the paths that are not ledger objects."""
+    writers: dict[str, WriterObjects] = {}
+    unexpected = []
+    for path in location.list(LEDGER_PREFIX):
+        name = parse_object_path(path)
+        if name is None:
+            unexpected.append(path)
+            continue
+        objs = writers.setdefault(name.writer_id, WriterObjects())
+        {"header": objs.headers, "snap": objs.snapshots, "seg": objs.segments}[name.kind].append(name)
+    return writers, unexpected
+
+
+def _decode(name: ObjectName, data: bytes, where: str) -> WriterHeader | WriterState | Segment:
+    if name.kind == "header":
+        return decode_header(data, where)
+    if name.kind == "snap":
+        return decode_snapshot(data, where)
+    return decode_segment(data, where)
+
+
+def read_checkpoint(location: Location, *, recent_limit: int, threads: int = READ_THREADS) -> CheckpointRead:
+    """Read and fold the whole durable record (see the module docstring). Raises ``CheckpointError``."""
+    check_format(location)
+    decoded: dict[str, WriterHeader | WriterState | Segment] = {}
+
+    def fetch(name: ObjectName) -> tuple[ObjectName, WriterHeader | WriterState | Segment | None]:
+        where = f"{location.display}/{name.path}"
+        try:
+            data = location.read(name.path)
+        except FileNotFoundError:
+            return name, None
+        return name, _decode(name, data, where)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="checkpoint-read") as pool:
+        for _attempt in range(MAX_LIST_ATTEMPTS):
+            writers, unexpected = list_objects(location)
+            wanted = [n for objs in writers.values() for n in objs.needed() if n.path not in decoded]
+            vanished = False
+            for name, value in pool.map(fetch, wanted):
+                if value is None:
+                    vanished = True
+                else:
+                    decoded[name.path] = value
+            if not vanished:
+                break
+            logger.debug("checkpoint {}: listed objects vanished while reading (compaction); listing again", location)
+        else:
+            raise CheckpointError(
+                f"checkpoint {location.display}: objects kept vanishing between listing and reading in "
+                f"{MAX_LIST_ATTEMPTS} attempts. Fix: retry; if it persists, check that no tool deletes objects there"
+            )
+    headers: dict[str, WriterHeader] = {}
+    states: dict[str, WriterState] = {}
+    for writer_id, objs in writers.items():
+        needed = objs.needed()
+        if not needed:
+            logger.warning(
+                "checkpoint {}: writer {} has records but no header object; its records are ignored (its sources "
+                "are redone). Fix: none needed; if you copied the checkpoint, copy {}/{}/header-*.rec too",
+                location.display,
+                writer_id,
+                LEDGER_PREFIX,
+                writer_id,
+            )
+            continue
+        header = decoded[needed[0].path]
+        assert isinstance(header, WriterHeader)
+        headers[writer_id] = header
+        snaps = [(n, decoded[n.path]) for n in needed if n.kind == "snap"]
+        segs = [(n, decoded[n.path]) for n in needed if n.kind == "seg"]
+        states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)  # type: ignore[arg-type]
+        states[writer_id].stamp = max(states[writer_id].stamp, header.start_stamp)
+    if unexpected:
+        logger.warning(
+            "checkpoint {}: ignoring {} unexpected object(s) under {}/ (e.g. {}); they are left alone",
+            location.display,
+            len(unexpected),
+            LEDGER_PREFIX,
+            unexpected[0],
+        )
+    return CheckpointRead(
+        headers=headers,
+        states=states,
+        objects={w: writers[w] for w in headers},
+        union=union(states.values(), headers.values()),
+        unexpected=unexpected,
+    )
+
+
+def new_nonce() -> str:
+    """A random nonce for object names (one per writing process)."""
+    return uuid.uuid4().hex[:16]
+
+
+class WriterLog:
+    """One writer's objects at a location: header, segments, snapshots (see the module docstring).
+
+    ``state`` is the fold of everything this writer has written (it is what a snapshot holds).
+    Invariant: ``state`` equals ``fold_writer`` of this writer's objects at the location.
+    """
+
+    def __init__(
+        self,
+        location: Location,
+        writer_id: str,
+        *,
+        state: WriterState | None,
+        objects: WriterObjects | None,
+        recent_limit: int,
+        compact_every: int,
+    ) -> None:
+        self.location = location
+        self.writer_id = writer_id
+        self.nonce = new_nonce()
+        self.state = copy_state(state) if state is not None else WriterState(writer_id)
+        objs = objects or WriterObjects()
+        #: Objects this writer has at the location that a snapshot would make obsolete.
+        self._segments: list[ObjectName] = list(objs.segments)
+        self._snapshots: list[ObjectName] = list(objs.snapshots)
+        self.next_number = max([n.number for n in objs.segments + objs.snapshots], default=-1) + 1
+        self.next_number = max(self.next_number, self.state.upto + 1)
+        self.recent_limit = recent_limit
+        self.compact_every = compact_every
+        self.segments_since_snapshot = sum(1 for n in objs.segments if n.number > self.state.upto)
+        self.appended = 0
+        self.compactions = 0
+
+    def write_header(self, header: WriterHeader) -> None:
+        self.location.write_once(object_path(self.writer_id, "header", -1, self.nonce), encode_header(header))
+
+    def append(self, seg: Segment) -> None:
+        """Write ``seg`` (numbered ``next_number``) durably, then fold it into ``state``."""
+        seg.number = self.next_number
+        name = ObjectName(self.writer_id, "seg", seg.number, self.nonce)
+        self.location.write_once(name.path, encode_segment(seg))
+        self.next_number += 1
+        self.appended += 1
+        apply_segment(self.state, seg, self.recent_limit)
+        self._segments.append(name)
+        self.segments_since_snapshot += 1
+
+    def compaction_due(self) -> bool:
+        return self.segments_since_snapshot >= self.compact_every
+
+    def compact(self, *, closed: float | None = None, meta: dict | None = None) -> bool:
+        """Write a snapshot of ``state`` covering every segment so far, then delete what it replaces.
+
+        The snapshot is durable before anything is deleted, so a reader always finds either the
+        segments or the snapshot. Returns whether a snapshot was written; failures are logged
+        (the segments stay and remain valid).
+        """
+        state = self.state
+        if meta:
+            state.meta.update(meta)
+        if closed is not None:
+            state.closed = closed
+        if self.segments_since_snapshot == 0 and closed is None and self._snapshots:
+            return False
+        upto = self.next_number - 1
+        state.upto = max(state.upto, upto)
+        # A fresh nonce: a second snapshot at the same ``upto`` (at close) must not overwrite the first.
+        name = ObjectName(self.writer_id, "snap", state.upto, new_nonce())
+        try:
+            self.location.write_once(name.path, encode_snapshot(state))
+        except Exception as exc:
+            logger.warning("checkpoint {}: could not write snapshot {} ({}); segments kept", self.location, name, exc)
+            return False
+        obsolete = [n for n in self._segments if n.number <= state.upto] + list(self._snapshots)
+        self._segments = [n for n in self._segments if n.number > state.upto]
+        self._snapshots = [name]
+        self.segments_since_snapshot = 0
+        self.compactions += 1
+        try:
+            self.location.delete([n.path for n in obsolete])
+        except Exception as exc:
+            logger.warning(
+                "checkpoint {}: could not delete {} compacted object(s) ({})", self.location, len(obsolete), exc
+            )
+        return True
+
+    @property
+    def object_count(self) -> int:
+        return len(self._segments) + len(self._snapshots)
+
+
+def header_of(headers: Iterable[WriterHeader], writer_id: str) -> WriterHeader | None:
+    for header in headers:
+        if header.writer_id == writer_id:
+            return header
+    return None
