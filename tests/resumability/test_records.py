@@ -191,7 +191,8 @@ def test_failures_count_only_for_incomplete_sources_and_the_latest_wins() -> Non
 
 def test_recent_window_is_bounded_and_in_completion_order() -> None:
     segs = [
-        Segment("w", n, n + 1, completed=[bytes([n]) * 16], recent=[(bytes([n]) * 16, bytes([n]) * 8)]) for n in range(10)
+        Segment("w", n, n + 1, completed=[bytes([n]) * 16], recent=[(bytes([n]) * 16, bytes([n]) * 8)])
+        for n in range(10)
     ]
     state = fold_all(segs)
     assert list(state.recent) == [bytes([n]) * 16 for n in range(10 - RECENT, 10)]
