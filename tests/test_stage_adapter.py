@@ -331,17 +331,44 @@ def test_outputs_in_completion_order_of_a_thread_pool_are_credited_exactly() -> 
     assert_exact(run([Emit(8), Pooled()], Tracker()), 8)
 
 
-def test_filtering_one_input_while_fanning_out_another() -> None:
-    script = {0: ("shared", 0), 1: ("shared", 3), 2: ("same", 1), 3: ("copy", 0)}
-    out = run_batch(script, order=[2, 0, 3, 1], nones=2)
-    assert sorted(origin(t) for t in out if not isinstance(t, NoneTask)) == [1, 1, 1, 2]
+def test_a_batch_filter_returning_a_subset_of_its_inputs_is_exact() -> None:
+    out = run_batch({0: ("same", 0), 1: ("same", 1), 2: ("same", 0), 3: ("same", 1)}, order=lambda f: f[::-1])
+    assert [origin(t) for t in out if not isinstance(t, NoneTask)] == [3, 1]
     sentinels = [t for t in out if isinstance(t, NoneTask)]
-    assert sorted(next(iter(t._lineage)) for t in sentinels) == sorted([source_of(0), source_of(3)])
+    assert sorted(next(iter(t._lineage)) for t in sentinels) == sorted([source_of(0), source_of(2)])
     assert_exact(out, 4)
 
 
+def test_filtering_one_input_while_fanning_out_another() -> None:
+    """Fan-out outputs keep their own source exactly. An input without outputs in such a batch
+    may have been merged into them (a token cannot tell), so its credit rides on them: it
+    completes when they do, never before."""
+    script = {0: ("shared", 0), 1: ("shared", 3), 2: ("same", 1), 3: ("copy", 0)}
+    out = run_batch(script, order=[2, 0, 3, 1], nones=2)
+    assert sorted(origin(t) for t in out) == [1, 1, 1, 2]
+    filtered = {source_of(0), source_of(3)}
+    for task in out:
+        assert set(task._lineage) == {source_of(origin(task))} | filtered
+        assert task.task_id.startswith(source_of(origin(task)))
+    assert all(c.is_one() for c in credit_by_source(out).values()) and len(credit_by_source(out)) == 4
+
+
+def test_a_merge_that_carries_one_inputs_metadata_does_not_complete_the_others() -> None:
+    """The token of input 0 copied onto an output holding the data of every input."""
+
+    class MergeKeepingFirst(ProcessingStage[Item, Item]):
+        name = "merge_keeping_first"
+
+        def process_batch(self, tasks: list[Item]) -> list[Item]:
+            return [Item("d", sum(t.data for t in tasks), _metadata=tasks[0]._metadata)]
+
+    out = run([Emit(4), MergeKeepingFirst()], Tracker())
+    assert len(out) == 1 and set(out[0]._lineage) == {source_of(v) for v in range(4)}
+    assert all(c.is_one() for c in credit_by_source(out).values())
+
+
 def test_mixed_kinds_of_outputs_in_one_shuffled_batch() -> None:
-    script = {0: ("same", 2), 1: ("deepcopy", 2), 2: ("copy", 1), 3: ("shared", 2), 4: ("same", 0)}
+    script = {0: ("same", 2), 1: ("deepcopy", 2), 2: ("copy", 1), 3: ("shared", 2), 4: ("same", 1)}
     out = run_batch(script, sources=5, order=lambda flat: random.Random(7).sample(flat, len(flat)))
     assert_exact(out, 5)
 
@@ -422,7 +449,9 @@ def test_every_output_carries_its_own_source_and_credit_is_conserved(
     for i in range(0, len(tasks), batch_size):
         batch_values = range(i, min(i + batch_size, len(tasks)))
         got = adapter.process_batch(tasks[i : i + batch_size])
-        exact = all(script[v][0] != "fresh" or script[v][1] == 0 for v in batch_values)
+        # Exact when no output is fresh and every input has an output (else an input without
+        # outputs may have been merged into the others, and its credit rides on them).
+        exact = all(script[v][0] != "fresh" and script[v][1] > 0 for v in batch_values)
         for task in got:
             if not isinstance(task, NoneTask):
                 assert source_of(origin(task)) in task._lineage

@@ -11,8 +11,10 @@ Invariants (with checkpointing on, from the source stage onwards):
   outputs come from ``task``. An output of ``process_batch(tasks)`` comes from the input it
   *is* (the same object returned) or whose parent token it carries in ``_metadata`` (see
   ``PARENT_TOKEN_KEY``); when any output of a batch shows neither, every output of that batch
-  carries the credit of all its inputs (their sources complete together). Outputs are never
-  matched to inputs by position;
+  carries the credit of all its inputs (their sources complete together). An input without
+  outputs was filtered when every output is a returned input object; otherwise it may have been
+  merged into them and its credit rides on every output of the batch. Outputs are never matched
+  to inputs by position;
 - an object returned more than once in one call is copied, so that each return is its own
   output with its own id and credit;
 - a failure turns the input into a ``FailedTask`` that keeps the input's credit (it is never
@@ -193,6 +195,21 @@ def _owners(real: list[Task], slots: list[Task | None], key: int) -> list[int | 
     return owners
 
 
+def _may_be_merged(real: list[Task], slots: list[Task | None], groups: list[list[int]]) -> bool:
+    """Whether an input without outputs may have been merged into another input's output.
+
+    ``groups[i]`` lists the positions in ``slots`` of input ``i``'s outputs. No: when no input
+    has outputs, or every output is an input object returned once (a filter returning a subset
+    of its inputs). Yes otherwise, when some input has none: an output built with an input's
+    ``_metadata``, or an input returned several times, may be a merge that carried one input's
+    ``_metadata`` onto the data of several. The inputs without outputs then have their credit
+    ride on every output of the batch, so they complete when those do, never before.
+    """
+    if all(group for group in groups) or not any(groups):
+        return False
+    return any(len(group) > 1 or slots[group[0]] is not real[i] for i, group in enumerate(groups) if group)
+
+
 class StageAdapter:
     """Runs ``stage`` on batches of tasks; one instance per worker.
 
@@ -327,7 +344,12 @@ class StageAdapter:
             if owner != _FILTERED:
                 groups[owner].append(k)  # type: ignore[index]
         placed: list[Task | None] = [None] * len(slots)  # outputs keep the order the stage returned
+        unclaimed: list[dict[str, Any]] = []
+        fold = self.tracking and not self.role.is_source and _may_be_merged(real, slots, groups)
         for (parent_id, lineage), group in zip(parents, groups, strict=True):
+            if fold and not group:
+                unclaimed.append(lineage or {})
+                continue
             children = self._name(parent_id, [slots[k] for k in group], seen)
             credited = self._credit(parent_id, lineage, children)
             if group:
@@ -335,7 +357,14 @@ class StageAdapter:
                     placed[k] = child
             else:
                 outputs.extend(credited)  # a filtered input's sentinel (if tracking)
-        outputs.extend(child for child in placed if child is not None)
+        live = [child for child in placed if child is not None]
+        if unclaimed:
+            from nemo_curator.tasks.credit import merge_lineages, split_lineage
+
+            shares = split_lineage(merge_lineages(unclaimed), len(live))
+            for child, share in zip(live, shares, strict=True):
+                child._lineage = merge_lineages([child._lineage or {}, share])
+        outputs.extend(live)
 
     def _mark_parents(self, real: list[Task]) -> int:
         """Put a parent token in each input's ``_metadata`` (a dict shared by two inputs is split).
