@@ -518,3 +518,55 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
             ray.kill(ray.get_actor(ledger_actor_name(self.checkpoint), namespace=NAMESPACE), no_restart=False)
         time.sleep(self.seconds)
         return task
+
+
+# -- attribution and source failures (tests/test_checkpoint_attribution.py) --------------------
+
+
+@dataclass(kw_only=True)
+class ReverseInBatches(NumberStage):
+    """A batch stage returning NEW tasks (``value * 10``) in reverse order, without the inputs' ``_metadata``."""
+
+    batch_size: int = 8
+    name: str = "reverse_in_batches"
+
+    def process_batch(self, tasks: list[NumberTask]) -> list[NumberTask]:
+        return [type(t)(t.dataset_name, t.data * 10) for t in reversed(tasks)]
+
+
+@dataclass(kw_only=True)
+class WriteValue(NumberStage):
+    """Sink: writes ``<out_dir>/<task_id>.txt`` holding the value, atomically. The first time it
+    sees ``fail_value`` (while ``marker`` does not exist) its write raises ``OSError`` instead."""
+
+    out_dir: str = ""
+    fail_value: int | None = None
+    marker: str = ""
+    name: str = "write_value"
+    fingerprint_ignore: tuple[str, ...] = ("out_dir", "fail_value", "marker")
+
+    def process(self, task: NumberTask) -> NumberTask:
+        if task.data == self.fail_value and first_time(self.marker):
+            raise OSError(f"injected write failure for {task.data}")
+        path = Path(self.out_dir, f"{task.task_id}.txt")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(str(task.data))
+        os.replace(tmp, path)
+        return task
+
+
+@dataclass(kw_only=True)
+class ExpandOrRaiseOnce(NumberStage):
+    """Source stage over initial number tasks: ``v`` becomes ``10 v`` and ``10 v + 1``; on
+    ``value`` it raises ``OSError`` the first time (while ``marker`` does not exist)."""
+
+    value: int = 1
+    marker: str = ""
+    name: str = "expand_or_raise_once"
+    is_source_stage: bool = True
+    fingerprint_ignore: tuple[str, ...] = ("marker",)
+
+    def process(self, task: NumberTask) -> list[NumberTask]:
+        if task.data == self.value and first_time(self.marker):
+            raise OSError(f"cannot list the inputs of {task.data}")
+        return [NumberTask(task.dataset_name, task.data * 10 + j) for j in range(2)]

@@ -84,9 +84,11 @@ class ExecutionPlan:
     stages: list[ProcessingStage]
     roles: list[StageRole]
     source_index: int
+    #: With a checkpoint, let the source stage emit tasks without a content id (see ``StageAdapter``).
+    allow_positional_source_ids: bool = False
 
     @staticmethod
-    def from_stages(stages: list[ProcessingStage]) -> ExecutionPlan:
+    def from_stages(stages: list[ProcessingStage], *, allow_positional_source_ids: bool = False) -> ExecutionPlan:
         if not stages:
             raise ValueError("cannot execute a pipeline with no stages")
         for i, stage in enumerate(stages):
@@ -108,7 +110,12 @@ class ExecutionPlan:
             StageRole(index=i, is_source=i == source, is_sink=i == last, tracked=i >= source)
             for i in range(len(stages))
         ]
-        return ExecutionPlan(stages=stages, roles=roles, source_index=source)
+        return ExecutionPlan(
+            stages=stages,
+            roles=roles,
+            source_index=source,
+            allow_positional_source_ids=allow_positional_source_ids,
+        )
 
     def adapter(self, index: int, tracker: CompletionTracker | None = None) -> StageAdapter:
         """The adapter of stage ``index`` for a run with ``tracker`` (``None``: ``NO_TRACKER``)."""
@@ -120,6 +127,7 @@ class ExecutionPlan:
             role,
             tracking=tracking,
             source_filter=tracker.source_filter if tracking and role.is_source else None,
+            allow_positional_source_ids=self.allow_positional_source_ids,
         )
 
     def initial_tasks(self, initial_tasks: list[Task] | None) -> list[Task]:
@@ -143,7 +151,7 @@ class RunSummary:
 
 
 #: Config keys every executor accepts (the base class reads them).
-BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change"})
+BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"})
 
 
 def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) -> None:
@@ -179,8 +187,10 @@ class ExecutorSettings:
 class BaseExecutor(ABC):
     """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc.
 
-    Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run) and
-    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning).
+    Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run),
+    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning)
+    and ``allow_positional_source_ids`` (with a checkpoint, accept sources without a content id,
+    identified by their position, with a warning; refused by default).
     """
 
     name: str = "base"
@@ -196,7 +206,9 @@ class BaseExecutor(ABC):
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         """Run ``stages`` and return the last stage's outputs without sentinels."""
-        plan = ExecutionPlan.from_stages(stages)
+        plan = ExecutionPlan.from_stages(
+            stages, allow_positional_source_ids=bool(self.config.get("allow_positional_source_ids", False))
+        )
         tasks = plan.initial_tasks(initial_tasks)
         start = time.perf_counter()
         with self._runtime(plan):

@@ -21,7 +21,9 @@ class ProcessingStage(ABC, Generic[X, Y]):
 
     ``process(task)`` returns a task (1:1), a list (fan-out; ``[]`` or a ``None`` inside the
     list filters that slot) or ``None`` (filter). ``process_batch(tasks)`` may be overridden
-    for vectorised work; a result of the same length as its input is read position by position.
+    for vectorised work and may return its outputs in any order: an output belongs to the input
+    it is, or whose ``_metadata`` it was built with (the same dict or a copy); never to the input
+    at its position (see ``nemo_curator.backends.stage_adapter``).
     """
 
     name: str = "processing_stage"
@@ -37,7 +39,7 @@ class ProcessingStage(ABC, Generic[X, Y]):
         raise TypeError(f"stage {type(self).__name__} implements neither process() nor process_batch()")
 
     def process_batch(self, tasks: list[X]) -> list[Y | list[Y] | None]:
-        """Default: ``process`` each task; result ``i`` belongs to input ``i``."""
+        """Default: ``process`` each task (the adapter calls ``process`` itself when this is not overridden)."""
         return [self.process(task) for task in tasks]
 
     def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:

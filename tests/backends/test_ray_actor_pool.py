@@ -177,7 +177,7 @@ def test_streaming_first_terminal_batch_arrives_before_upstream_is_done(ray_sess
     pipeline = Pipeline(
         "stream",
         stages=[
-            EmitNumbers(count=count, keyed=False),
+            EmitNumbers(count=count),
             SlowStamp(log_dir=str(tmp_path), label="mid", seconds=0.02, name="mid"),
             SlowStamp(log_dir=str(tmp_path), label="last", seconds=0.2, name="last"),
         ],
