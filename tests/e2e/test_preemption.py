@@ -18,8 +18,9 @@ import pytest
 
 from nemo_curator.resumability.inspect import checkpoint_status
 from tests.e2e import job
-from tests.e2e.test_kill_resume import EXECUTORS, _new_attempts, kill_tree, make_cfg, output_files, start_job
+from tests.e2e.test_kill_resume import DOCS, EXECUTORS, _new_attempts, kill_tree, make_cfg, output_files, start_job
 
+FILES = 8
 GRACE_S = 4.0
 FLUSH_S = 5.0
 #: What a stop costs beyond the grace period and the flush: the executor releasing its workers
@@ -54,6 +55,7 @@ def test_signal_mid_run_then_resume_redoes_only_unfinished_sources(
     ray_session: Any, tmp_path: Path, executor: str
 ) -> None:
     signum = SIGNALS[executor]
+    job.write_inputs(str(tmp_path / "in"), FILES, DOCS)
     cfg = make_cfg(
         tmp_path,
         executor,
