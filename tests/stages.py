@@ -495,6 +495,9 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
     whose source files include ``crash_on`` / ``kill_ledger_on``:
     - ``crash_on``: the worker process dies (``os._exit``), as if OOM-killed or preempted;
     - ``kill_ledger_on``: the checkpoint's ledger actor is killed (Ray may restart it).
+
+    While the file ``<log_dir>/stall`` exists, a task waits before it starts (tasks already
+    sleeping finish): a test can bring the pipeline to a standstill at a moment it chooses.
     """
 
     seconds: float = 0.05
@@ -507,6 +510,8 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
     fingerprint_ignore: tuple[str, ...] = ("seconds", "log_dir", "crash_on", "kill_ledger_on", "checkpoint")
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
+        while self.log_dir and os.path.exists(os.path.join(self.log_dir, "stall")):
+            time.sleep(0.05)
         names = {os.path.basename(p) for p in task._metadata.get("source_files", [])}
         if self.crash_on in names and first_time(os.path.join(self.log_dir, "crashed")):
             os._exit(1)

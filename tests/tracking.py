@@ -33,7 +33,7 @@ class RecordingTracker:
     def on_terminal(self, tasks: list[Task]) -> None:
         self.batches.append((time.time(), list(tasks)))
 
-    def close(self, success: bool) -> None:
+    def close(self, success: bool, timeout_s: float | None = None) -> None:
         self.closed.append(success)
 
     @property

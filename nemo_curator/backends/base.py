@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from loguru import logger
 
+from nemo_curator.backends.preemption import PREEMPTION_CONFIG_KEYS, PreemptionGuard, PreemptionSettings
 from nemo_curator.backends.stage_adapter import SourceFilter, StageAdapter, StageRole, initial_task_id
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import EmptyTask, FailedTask, Task, is_sentinel
@@ -47,8 +48,12 @@ class CompletionTracker(Protocol):
         """Forward the reports of these last-stage outputs (acknowledged, batched)."""
         ...
 
-    def close(self, success: bool) -> None:
-        """Flush what is buffered and release the ledger; log the summary."""
+    def close(self, success: bool, timeout_s: float | None = None) -> None:
+        """Flush what is buffered and release the ledger; log the summary.
+
+        With ``timeout_s`` (a preempted run) it waits at most that long for acknowledgements,
+        then gives up on the rest (logged; their sources are redone by the next run).
+        """
         ...
 
 
@@ -61,7 +66,7 @@ class NoTracker:
     def on_terminal(self, tasks: list[Task]) -> None:
         pass
 
-    def close(self, success: bool) -> None:
+    def close(self, success: bool, timeout_s: float | None = None) -> None:
         pass
 
     def __repr__(self) -> str:
@@ -151,7 +156,7 @@ class RunSummary:
 
 
 #: Config keys every executor accepts (the base class reads them).
-BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"})
+BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"}) | PREEMPTION_CONFIG_KEYS
 
 
 def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) -> None:
@@ -188,9 +193,14 @@ class BaseExecutor(ABC):
     """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc.
 
     Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run),
-    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning)
-    and ``allow_positional_source_ids`` (with a checkpoint, accept sources without a content id,
-    identified by their position, with a warning; refused by default).
+    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a
+    warning), ``allow_positional_source_ids`` (with a checkpoint, accept sources without a
+    content id, identified by their position, with a warning; refused by default), and for
+    preemption (see ``nemo_curator.backends.preemption``):
+    ``preemption_signals`` (default ``["SIGTERM", "SIGINT"]``; ``[]`` installs no handler),
+    ``preemption_grace_s`` (default 30: how long a checkpointed run goes on after the first
+    signal so that work in flight can finish) and ``preemption_flush_s`` (default 10: how long
+    it then waits for the ledger to acknowledge the reports it holds).
     """
 
     name: str = "base"
@@ -202,23 +212,34 @@ class BaseExecutor(ABC):
         # Kept as given (a path, URL or CheckpointConfig): coerced in _open_tracker, so that
         # nemo_curator.resumability is imported only by a checkpointed run.
         self.checkpoint: str | os.PathLike | CheckpointConfig | None = checkpoint
+        self.preemption = PreemptionSettings.from_config(self.config)
         self.last_summary: RunSummary | None = None
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
-        """Run ``stages`` and return the last stage's outputs without sentinels."""
+        """Run ``stages`` and return the last stage's outputs without sentinels.
+
+        Raises ``PreemptedError`` (a ``SystemExit`` with code 128 + signal number) after a
+        preemption signal, once the reports of the outputs written are saved (bounded by
+        ``preemption_flush_s``) and a Ray started for the run is stopped.
+        """
         plan = ExecutionPlan.from_stages(
             stages, allow_positional_source_ids=bool(self.config.get("allow_positional_source_ids", False))
         )
         tasks = plan.initial_tasks(initial_tasks)
         start = time.perf_counter()
-        with self._runtime(plan):
-            tracker = self._open_tracker(plan) if self.checkpoint is not None else NO_TRACKER
-            ok = False
-            try:
-                outputs = self._execute(plan, tasks, tracker)
-                ok = True
-            finally:
-                tracker.close(success=ok)
+        guard = PreemptionGuard(self.preemption, checkpoint=_checkpoint_location(self.checkpoint))
+        try:
+            with self._runtime(plan):
+                guard.install()  # after ray.init, which installs a SIGTERM handler of its own
+                outputs = self._run(plan, tasks, guard)
+        finally:
+            guard.uninstall()
+        if guard.preempted:
+            error = guard.error(finished=outputs is not None)
+            self.last_summary = RunSummary(seconds=time.perf_counter() - start, extra={"preempted": error.signal_name})
+            logger.warning("{} ({:.1f} s after the signal)", error, guard.seconds_since_signal())
+            raise error
+        assert outputs is not None
         failed = [t for t in outputs if isinstance(t, FailedTask)]
         if failed:
             logger.warning(
@@ -232,6 +253,41 @@ class BaseExecutor(ABC):
             outputs=len(results), failed_tasks=len(failed), seconds=time.perf_counter() - start
         )
         return results
+
+    def _run(self, plan: ExecutionPlan, tasks: list[Task], guard: PreemptionGuard) -> list[Task] | None:
+        """Open the tracker, execute, close the tracker; ``None`` when a signal stopped the run early.
+
+        After a signal the tracker gets ``preemption_flush_s`` to have its reports acknowledged;
+        whatever the run or the tracker raised while stopping is logged, not raised (the caller
+        raises ``PreemptedError``).
+        """
+        tracker: CompletionTracker = NO_TRACKER
+        outputs: list[Task] | None = None
+        try:
+            if self.checkpoint is not None:
+                tracker = self._open_tracker(plan)
+            outputs = self._execute(plan, tasks, tracker)
+        except BaseException as exc:
+            if not (guard.preempted or guard.adopt(exc)):
+                raise
+            if not isinstance(exc, SystemExit | KeyboardInterrupt):
+                logger.error("{}: the run failed while stopping: {!r}", self.name, exc)
+            logger.warning("{}: {}", self.name, guard.describe_stop())
+        finally:
+            guard.stopping()
+            if not guard.preempted:
+                tracker.close(success=outputs is not None)
+            else:
+                try:
+                    tracker.close(success=outputs is not None, timeout_s=self.preemption.flush_s)
+                except Exception as exc:
+                    logger.error(
+                        "{}: the checkpoint could not take the last reports while stopping ({!r}); what it "
+                        "acknowledged before is kept, the rest is redone by the next run",
+                        self.name,
+                        exc,
+                    )
+        return outputs
 
     def _runtime(self, plan: ExecutionPlan) -> Any:
         """Context manager that makes Ray available for the run (see ``ray_runtime``).
@@ -273,3 +329,10 @@ class BaseExecutor(ABC):
 
         Every batch of last-stage outputs goes to ``tracker.on_terminal`` as it reaches the driver.
         """
+
+
+def _checkpoint_location(checkpoint: Any) -> str | None:
+    """Where a checkpoint lives, for messages (a path, URL or ``CheckpointConfig.path``)."""
+    if checkpoint is None:
+        return None
+    return str(getattr(checkpoint, "path", checkpoint))

@@ -10,6 +10,7 @@ work be redone, never lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -26,6 +27,9 @@ from nemo_curator.tasks import FailedTask, Task
 if TYPE_CHECKING:
     from nemo_curator.resumability.actor import LedgerHandle
     from nemo_curator.stages.base import ProcessingStage
+
+#: How long a close that gave up on the ledger waits for the sender thread to end.
+_ABANDON_JOIN_S = 2.0
 
 
 @dataclass
@@ -249,19 +253,38 @@ class LedgerTracker:
             self._last_progress = now
             logger.info("progress: {} / {} sources complete", done, total if total else "?")
 
-    def close(self, success: bool) -> None:
+    def close(self, success: bool, timeout_s: float | None = None) -> None:
+        """Commit every report still held, close the ledger and log the summary.
+
+        With ``timeout_s`` (a preempted run) this returns within about that many seconds: the
+        reports not acknowledged by then are given up (logged with their number; their sources
+        are redone by the next run) and the ledger actor is stopped without waiting for it.
+        Stopping it can lose nothing it acknowledged, and a report it never acknowledged can
+        only make work be redone.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        status: LedgerStatus | None = None
+        handle_stuck = False
         try:
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
-            self._sender.join()
-            self._raise_error()
-            status = self.handle.status()
-            self.counts.status = status
+            self._sender.join(_left(deadline))
+            if self._sender.is_alive():
+                handle_stuck = self._abandon(timeout_s or 0.0)
+            else:
+                self._raise_error()
+                if deadline is not None:  # the handle's calls wait at most what is left
+                    self.handle.timeout_s = min(self.handle.timeout_s, max(_left(deadline) or 0.0, 1.0))
+                status = self.handle.status()
+                self.counts.status = status
         finally:
             if self._bar is not None:
                 self._bar.close()
-            self.handle.close()
+            if not handle_stuck:
+                self.handle.close()
+        if status is None:
+            return
         done = status.completed_sources
         self.counts.completed_this_run = done - (self._completed_at_start or 0)
         logger.info(
@@ -275,3 +298,31 @@ class LedgerTracker:
             status.in_flight_sources,
             "" if success else " (the run did not finish: rerun the same command to resume)",
         )
+
+    def _abandon(self, waited_s: float) -> bool:
+        """Give up on the reports not yet acknowledged and stop the ledger actor without waiting.
+
+        Returns whether the handle is left unclosed: its lock is held by the sender thread,
+        which is stuck in a ledger call. Killing the actor ends that call, and the thread with it.
+        """
+        import ray
+
+        with self._cond:
+            pending = len(self._buffer) + self._sending
+            self._buffer = []
+        logger.warning(
+            "checkpoint {}: the ledger did not acknowledge {} report(s) within {:g} s; their sources stay "
+            "incomplete and are redone by the next run",
+            self.checkpoint,
+            pending,
+            waited_s,
+        )
+        with contextlib.suppress(Exception):
+            ray.kill(self.handle.actor, no_restart=True)
+        self._sender.join(_ABANDON_JOIN_S)
+        return self._sender.is_alive()
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (never negative), or ``None`` for no deadline."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)

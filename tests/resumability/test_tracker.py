@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -96,3 +99,24 @@ def test_a_dead_ledger_fails_the_run_loudly_and_records_nothing_false(ray_sessio
         tracker.close(success=False)
     status = checkpoint_status(tmp_path)
     assert status["completed"] == [source_id(0)]
+
+
+def test_close_with_a_deadline_returns_in_time_from_a_stuck_ledger(ray_session: Any, tmp_path: Path) -> None:
+    """A preempted run's close: the ledger process is frozen (SIGSTOP), so nothing is acknowledged."""
+    tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False)
+    tracker.on_terminal(_terminal(source_id(0), 1))
+    tracker.flush()
+    pid = tracker.handle.status().actor_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        tracker.on_terminal(_terminal(source_id(1), 1))
+        start = time.monotonic()
+        tracker.close(success=False, timeout_s=1.0)
+        took = time.monotonic() - start
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert took < 1.0 + 2.0 + 2.0, f"close took {took:.1f} s"
+    wait_actor_dead(tracker.handle.actor)
+    # What was acknowledged is kept; the unacknowledged source is simply not complete.
+    assert _completed_on_disk(tmp_path) == {source_id(0)}

@@ -40,6 +40,11 @@ from nemo_curator.tasks import Task
 
 #: How long to wait for xenna's loop to stop after the driver gave up on a run.
 _ABORT_GRACE_S = 30.0
+#: When the process is exiting (``SystemExit``, e.g. a preempted run) xenna's loop is not left
+#: to stop at its next output, which may never come: after this long it is interrupted, and it
+#: then gets ``_EXIT_GRACE_S`` to stop its worker pools.
+_EXIT_WAIT_S = 0.5
+_EXIT_GRACE_S = 15.0
 #: Poll period of the drain loop while nothing arrives (checks the pipeline thread).
 _IDLE_POLL_S = 0.2
 
@@ -87,6 +92,19 @@ class _PipelineThread:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def interrupt(self) -> None:
+        """Raise ``SinkClosedError`` in the pipeline thread at its next bytecode.
+
+        xenna's loop then stops its worker pools and returns, as when a push to the closed
+        sink raises, without waiting for an output that may never come (workers stuck, or
+        stopped by a signal).
+        """
+        import ctypes
+
+        ident = self._thread.ident
+        if ident is not None and self._thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(SinkClosedError))
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
@@ -124,14 +142,19 @@ def run_serving(
             tracker.on_terminal(burst)
             outputs.extend(burst)
             calls += 1
-    except BaseException:
+    except BaseException as exc:
         sink.close()
-        runner.join(_ABORT_GRACE_S)
+        grace = _ABORT_GRACE_S
+        if isinstance(exc, SystemExit):
+            runner.join(_EXIT_WAIT_S)
+            runner.interrupt()
+            grace = _EXIT_GRACE_S
+        runner.join(grace)
         if runner.is_alive():
             logger.warning(
                 "xenna: the pipeline was still running {:.0f}s after the driver stopped reading; "
                 "it stops at its next output",
-                _ABORT_GRACE_S,
+                grace,
             )
         elif runner.error is not None:
             clear_traceback_frames(runner.error)  # release the worker handles its frames hold
