@@ -156,7 +156,9 @@ class RunSummary:
 
 
 #: Config keys every executor accepts (the base class reads them).
-BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"}) | PREEMPTION_CONFIG_KEYS
+BASE_CONFIG_KEYS = (
+    frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"}) | PREEMPTION_CONFIG_KEYS
+)
 
 
 def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) -> None:
