@@ -110,10 +110,10 @@ def test_xenna_on_a_cluster_started_with_plain_ray_start(tmp_path: Path) -> None
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_worker_node_lost_mid_run_then_resume_is_exact(tmp_path: Path, executor: str) -> None:
     """Two nodes; the worker node is removed a third of the way in; the resume equals an uninterrupted run."""
-    cfg = {"executor": executor, "base_dir": str(tmp_path), "files": 6, "docs": 6, "slow_s": 0.2}
+    cfg = {"executor": executor, "base_dir": str(tmp_path), "files": 6, "docs": 6, "slow_s": 0.15}
     if executor == "ray_actor_pool":
         # Retries never run out: the run must end by itself once the restarted actors cannot be placed.
-        cfg["executor_config"] = {"max_retries": 1000}
+        cfg["executor_config"] = {"max_retries": 1000, "lost_node_grace_s": 5.0}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.e2e.node_loss", json.dumps(cfg)],
         cwd=REPO,
@@ -132,6 +132,7 @@ def test_worker_node_lost_mid_run_then_resume_is_exact(tmp_path: Path, executor:
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, output[-6000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
+    print(result)  # how the interrupted run ended, shown with -rA
     assert result["removed"], result
     assert result["reference_outputs"] == result["expected_outputs"], result
     assert result["exact"], result

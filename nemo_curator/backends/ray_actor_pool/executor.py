@@ -66,10 +66,10 @@ class RayActorPoolExecutor(BaseExecutor):
     - ``num_cpus`` (int): logical CPUs of the local Ray started for the run (default: enough
       for every actor of every pool, at least the machine's cores). Ignored when joining a
       running Ray.
-
-    A lost node: Ray restarts its actors on the other nodes (within ``max_retries``). When the
-    alive nodes can no longer hold every actor for 60 s, the run fails with
-    ``ClusterShrankError`` rather than wait forever for a restart that cannot be placed.
+    - ``lost_node_grace_s`` (float, default 60): after a node is lost, Ray restarts its actors
+      on the other nodes (within ``max_retries``); when the alive nodes cannot hold every actor
+      for this long, the run fails with ``ClusterShrankError`` rather than wait forever for a
+      restart that cannot be placed (a replacement node within it lets the run go on).
 
     Unknown keys and invalid values are refused (``ValueError``) when the executor is made.
 
@@ -118,7 +118,7 @@ class RayActorPoolExecutor(BaseExecutor):
         ok = False
         try:
             _create_pools(pools, plan, tracker, counts, requests, self.settings.max_retries)
-            watch = CapacityWatch(pools_demand(counts, requests))
+            watch = CapacityWatch(pools_demand(counts, requests), self.settings.lost_node_grace_s)
             _start_pools(pools, watch)
             logger.info(
                 "ray_actor_pool: {} stage(s) running with actors {} (startup {:.2f}s)",
@@ -193,8 +193,6 @@ def pools_demand(counts: list[int], requests: list[ActorResources]) -> dict[str,
 
 #: Seconds without a finished call after which the scheduler checks that its actors still fit.
 _CAPACITY_CHECK_S = 5.0
-#: How long the actors may not fit (a lost node not replaced) before the run fails.
-_SHRUNK_GRACE_S = 60.0
 
 
 class CapacityWatch:
@@ -206,7 +204,7 @@ class CapacityWatch:
     replacement node arriving within it lets the run go on); the first shortfall is logged.
     """
 
-    def __init__(self, demand: dict[str, float], grace_s: float = _SHRUNK_GRACE_S) -> None:
+    def __init__(self, demand: dict[str, float], grace_s: float = 60.0) -> None:
         self.demand = demand
         self.grace_s = grace_s
         self.short_since: float | None = None
