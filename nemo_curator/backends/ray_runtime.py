@@ -3,8 +3,10 @@
 A local Ray is always started with ``address="local"`` (a stale ``/tmp/ray/ray_current_cluster``
 would otherwise make ``ray.init()`` try to join a dead cluster) and with the dashboard, which
 cosmos-xenna's monitoring needs. ``RAY_ADDRESS`` is pointed at the new cluster for the run's
-duration so that Ray's state API finds it, and restored afterwards. Whatever this module
-started, it stops: after the run no Ray process of ours is left.
+duration so that Ray's state API finds it, and restored afterwards. Joining ``RAY_ADDRESS``
+uses ``RAY_AUTH_MODE=disabled`` unless the user set it; when the cluster wants a token, the
+error says what to set. Whatever this module started, it stops: after the run no Ray process
+of ours is left.
 """
 
 from __future__ import annotations
@@ -77,8 +79,15 @@ def ray_runtime(num_cpus: int | None = None, dashboard: bool = True) -> Iterator
         import logging
 
         prepare_ray_environment()
+        auth_mode_set = "RAY_AUTH_MODE" in os.environ
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=saved_address, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=saved_address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            hint = _auth_hint(exc, auth_mode_set)
+            if hint is None:
+                raise
+            raise ConnectionError(f"could not join the Ray cluster at RAY_ADDRESS={saved_address}: {hint}") from exc
     else:
         start_local_ray(num_cpus=num_cpus, dashboard=dashboard)
     try:
@@ -87,6 +96,31 @@ def ray_runtime(num_cpus: int | None = None, dashboard: bool = True) -> Iterator
         ray.shutdown()
         _restore("RAY_ADDRESS", saved_address)
         _restore("PYTHONPATH", saved_pythonpath)
+
+
+def _auth_hint(exc: BaseException, auth_mode_set: bool) -> str | None:
+    """What to set when joining failed for authentication (``None`` for any other failure).
+
+    Ray 2.60's ``ray start --head`` enables token authentication whenever a token exists
+    (``~/.ray/auth_token``), while a driver joining by address uses it only with
+    ``RAY_AUTH_MODE=token``.
+    """
+    from ray.exceptions import AuthenticationError
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    # Ray reports the GCS's refusal as text inside a RuntimeError, or as the exception itself.
+    if not any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return None
+    if auth_mode_set:
+        return f"the cluster refused this driver's authentication (RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']})"
+    return (
+        "the cluster uses token authentication; set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
+        "RAY_AUTH_TOKEN_PATH if the token is not in ~/.ray/auth_token)"
+    )
 
 
 def _restore(key: str, value: str | None) -> None:

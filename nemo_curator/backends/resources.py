@@ -43,3 +43,33 @@ def round_down_to_step(cpus: float, step: float = RAY_RESOURCE_STEP) -> float:
         return cpus
     per_cpu = round(1 / step)
     return max(math.floor(cpus * per_cpu + _EPSILON), 1) / per_cpu
+
+
+# -- a cluster that shrinks during a run ------------------------------------------------------
+
+
+class ClusterShrankError(RuntimeError):
+    """A run's workers no longer fit into the cluster's alive nodes (a node was lost)."""
+
+
+def missing_resources(demand: dict[str, float], capacity: dict[str, float]) -> dict[str, float]:
+    """What ``capacity`` lacks to hold ``demand`` (resource name -> shortfall); empty when it fits.
+
+    Invariant: a resource is listed only when the demand exceeds the capacity by more than
+    float noise; a resource absent from ``capacity`` counts as zero.
+    """
+    return {
+        name: wanted - capacity.get(name, 0.0)
+        for name, wanted in demand.items()
+        if wanted - capacity.get(name, 0.0) > _EPSILON * max(1.0, wanted)
+    }
+
+
+def alive_capacity(nodes: list[dict]) -> dict[str, float]:
+    """Total CPU and GPU of the nodes that ``ray.nodes()`` lists as alive."""
+    total = {"CPU": 0.0, "GPU": 0.0}
+    for node in nodes:
+        if node.get("Alive", node.get("alive", False)):
+            for name in total:
+                total[name] += float(node.get("Resources", {}).get(name, 0.0))
+    return total

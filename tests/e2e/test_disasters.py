@@ -77,6 +77,9 @@ def test_joins_an_existing_cluster_via_ray_address(tmp_path: Path) -> None:
     """A cluster started beforehand: the job joins it, is killed, and resumes on it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
+    # A new local Ray enables token authentication unless told otherwise (Ray 2.60); the job
+    # joins without a token unless RAY_AUTH_MODE=token. Both sides the same:
+    env["RAY_AUTH_MODE"] = "disabled"
     cluster = subprocess.Popen(
         [sys.executable, "-c", CLUSTER], cwd=REPO, env=env, stdout=subprocess.PIPE, start_new_session=True
     )

@@ -21,6 +21,7 @@ class ActorPoolSettings(ExecutorSettings):
     num_actors_per_stage: int | dict[str, int] = 1
     max_inflight_per_actor: int = 2
     max_retries: int = 3
+    lost_node_grace_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_inflight_per_actor", int(self.max_inflight_per_actor))
@@ -29,6 +30,8 @@ class ActorPoolSettings(ExecutorSettings):
             raise ValueError(f"{self.owner}: max_inflight_per_actor must be >= 1, got {self.max_inflight_per_actor}")
         if self.max_retries < 0:
             raise ValueError(f"{self.owner}: max_retries must be >= 0, got {self.max_retries}")
+        if not self.lost_node_grace_s >= 0:
+            raise ValueError(f"{self.owner}: lost_node_grace_s must be >= 0, got {self.lost_node_grace_s}")
         counts = self.num_actors_per_stage
         for name, n in counts.items() if isinstance(counts, dict) else [(None, counts)]:
             if not isinstance(n, int) or n < 1:

@@ -38,7 +38,13 @@ from loguru import logger
 from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan, is_tracking
 from nemo_curator.backends.errors import error_to_raise
 from nemo_curator.backends.ray_actor_pool.config import ActorPoolSettings
-from nemo_curator.backends.resources import round_down_to_step, scale_cpu_requests
+from nemo_curator.backends.resources import (
+    ClusterShrankError,
+    alive_capacity,
+    missing_resources,
+    round_down_to_step,
+    scale_cpu_requests,
+)
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.tasks import Task
 
@@ -63,6 +69,10 @@ class RayActorPoolExecutor(BaseExecutor):
     - ``num_cpus`` (int): logical CPUs of the local Ray started for the run (default: enough
       for every actor of every pool, at least the machine's cores). Ignored when joining a
       running Ray.
+    - ``lost_node_grace_s`` (float, default 60): after a node is lost, Ray restarts its actors
+      on the other nodes (within ``max_retries``); when the alive nodes cannot hold every actor
+      for this long, the run fails with ``ClusterShrankError`` rather than wait forever for a
+      restart that cannot be placed (a replacement node within it lets the run go on).
 
     Unknown keys and invalid values are refused (``ValueError``) when the executor is made.
 
@@ -113,15 +123,16 @@ class RayActorPoolExecutor(BaseExecutor):
         ok = False
         try:
             _create_pools(pools, plan, tracker, counts, requests, self.settings.max_retries)
-            _start_pools(pools)
+            watch = CapacityWatch(pools_demand(counts, requests), self.settings.lost_node_grace_s)
+            _start_pools(pools, watch)
             logger.info(
                 "ray_actor_pool: {} stage(s) running with actors {} (startup {:.2f}s)",
                 len(pools),
                 {p.stage.name: len(p.actors) for p in pools},
                 time.perf_counter() - start,
             )
-            outputs = _Scheduler(pools, initial_tasks, self.settings.max_inflight_per_actor, tracker).run()
-            skipped = _close_pools(pools)
+            outputs = _Scheduler(pools, initial_tasks, self.settings.max_inflight_per_actor, tracker, watch).run()
+            skipped = _close_pools(pools, watch)
             ok = True
         finally:
             for pool in pools:
@@ -177,6 +188,62 @@ def plan_resources(
     ]
 
 
+def pools_demand(counts: list[int], requests: list[ActorResources]) -> dict[str, float]:
+    """CPUs and GPUs all actors of all pools hold at once."""
+    return {
+        "CPU": sum(n * r.cpus for n, r in zip(counts, requests, strict=True)),
+        "GPU": sum(n * r.gpus for n, r in zip(counts, requests, strict=True)),
+    }
+
+
+#: Seconds without a finished call after which the scheduler checks that its actors still fit.
+_CAPACITY_CHECK_S = 5.0
+
+
+class CapacityWatch:
+    """Whether a run's actors still fit into the cluster's alive nodes, checked while it waits.
+
+    Ray restarts the actors of a lost node elsewhere, but a restart that finds no room waits
+    forever, and so does every call queued on it. ``gave_up()`` turns true once the actors'
+    ``demand`` has exceeded the alive nodes' CPUs or GPUs for ``grace_s`` without a break (a
+    replacement node arriving within it lets the run go on); the first shortfall is logged.
+    """
+
+    def __init__(self, demand: dict[str, float], grace_s: float = 60.0) -> None:
+        self.demand = demand
+        self.grace_s = grace_s
+        self.short_since: float | None = None
+        self.missing: dict[str, float] = {}
+
+    def gave_up(self) -> bool:
+        import ray
+
+        if not self.demand:
+            return False
+        self.missing = missing_resources(self.demand, alive_capacity(ray.nodes()))
+        now = time.monotonic()
+        if not self.missing:
+            self.short_since = None
+            return False
+        if self.short_since is None:
+            self.short_since = now
+            logger.warning(
+                "ray_actor_pool: the cluster's alive nodes lack {} for this run's actors (a node was lost?); "
+                "the run fails unless they fit again within {:.0f}s",
+                _describe(self.missing),
+                self.grace_s,
+            )
+        return now - self.short_since >= self.grace_s
+
+    def error(self) -> ClusterShrankError:
+        return ClusterShrankError(
+            f"ray_actor_pool: the run's actors need {_describe(self.demand)} but the cluster's alive nodes "
+            f"have lacked {_describe(self.missing)} of it for {self.grace_s:.0f}s (a node was lost); actors "
+            "that Ray restarts cannot be placed, so the run stops. Rerun the same command: with a checkpoint "
+            "only unfinished sources are redone, on the cluster as it is then"
+        )
+
+
 @dataclass
 class _Pool:
     """The actors of one stage and how many calls each has in flight."""
@@ -220,25 +287,63 @@ def _create_pools(
             pool.actors.append(options.remote(adapter))
 
 
-def _start_pools(pools: list[_Pool]) -> None:
-    """``setup_on_node`` once per stage and node, then ``setup`` on every actor."""
+def _start_pools(pools: list[_Pool], watch: CapacityWatch) -> None:
+    """``setup_on_node`` once per stage and node, then ``setup`` on every actor.
+
+    Raises ``ClusterShrankError`` when the actors stop fitting into the cluster meanwhile.
+    """
     node_refs = [(pool, actor, actor.node_id.remote()) for pool in pools for actor in pool.actors]
+    _wait_or_raise([ref for _, _, ref in node_refs], watch)
     leaders: dict[tuple[int, str], Any] = {}
     for pool, actor, ref in node_refs:
         node = _get(pool.stage, ref)
         leaders.setdefault((pool.index, node), (pool, actor))
     node_setups = [(pool, actor.setup_on_node.remote()) for pool, actor in leaders.values()]
+    _wait_or_raise([ref for _, ref in node_setups], watch)
     for pool, ref in node_setups:
         _get(pool.stage, ref)
     setups = [(pool, actor.start.remote()) for pool in pools for actor in pool.actors]
+    _wait_or_raise([ref for _, ref in setups], watch)
     for pool, ref in setups:
         _get(pool.stage, ref)
 
 
-def _close_pools(pools: list[_Pool]) -> int:
-    """Run every actor's ``teardown()``; returns the number of sources skipped by the source stage."""
+def _close_pools(pools: list[_Pool], watch: CapacityWatch) -> int:
+    """Run every actor's ``teardown()``; returns the number of sources skipped by the source stage.
+
+    An actor that Ray restarted after a node loss and cannot place any more never answers;
+    its teardown is skipped (with a warning) instead of waiting for it forever. Its process
+    died with the node, and the run's work is done.
+    """
     closes = [(pool, actor.close.remote()) for pool in pools for actor in pool.actors]
+    if not _wait_watched([ref for _, ref in closes], watch):
+        import ray
+
+        ready, _ = ray.wait([ref for _, ref in closes], num_returns=len(closes), timeout=0)
+        done = set(ready)
+        logger.warning(
+            "ray_actor_pool: {} actor(s) lost with a node could not be placed again; their teardown is skipped",
+            len(closes) - len(done),
+        )
+        closes = [(pool, ref) for pool, ref in closes if ref in done]
     return sum(_get(pool.stage, ref) for pool, ref in closes)
+
+
+def _wait_watched(refs: list[Any], watch: CapacityWatch) -> bool:
+    """Wait until every ref is ready (``True``), or until ``watch`` gives up on the cluster (``False``)."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=_CAPACITY_CHECK_S)
+        if pending and watch.gave_up():
+            return False
+    return True
+
+
+def _wait_or_raise(refs: list[Any], watch: CapacityWatch) -> None:
+    if not _wait_watched(refs, watch):
+        raise watch.error()
 
 
 def _get(stage: ProcessingStage, ref: Any) -> Any:
@@ -254,6 +359,10 @@ def _get(stage: ProcessingStage, ref: Any) -> Any:
             f"stage {stage.name!r}: a worker died and could not be restarted (max_retries exhausted): {exc}"
         ) from exc
     raise error_to_raise(failure, where=f"a Ray worker of stage {stage.name!r}", stage_name=stage.name)
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items() if amount > 0) or "nothing"
 
 
 @dataclass
@@ -276,7 +385,8 @@ class _Scheduler:
 
     Invariants: ``queued[i]`` is the number of tasks waiting in ``queues[i]``; a stage gets a
     partial batch only when every upstream stage is drained (empty queue, nothing in flight);
-    the loop ends when every queue is empty and no call is in flight.
+    the loop ends when every queue is empty and no call is in flight, or raises
+    ``ClusterShrankError`` when its actors no longer fit into the cluster (``CapacityWatch``).
     """
 
     def __init__(
@@ -285,8 +395,10 @@ class _Scheduler:
         initial_tasks: list[Task],
         max_inflight: int,
         tracker: CompletionTracker,
+        watch: CapacityWatch | None = None,
     ) -> None:
         self.pools = pools
+        self.watch = watch or CapacityWatch({})
         self.max_inflight = max_inflight
         self.tracker = tracker
         self.queues: list[deque[_Piece | Task]] = [deque() for _ in pools]
@@ -304,7 +416,9 @@ class _Scheduler:
             self._dispatch()
             if not self.calls:
                 raise RuntimeError(f"ray_actor_pool scheduler stalled with queued tasks {self.queued}")
-            ready, _ = ray.wait(list(self.calls), num_returns=1)
+            ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=_CAPACITY_CHECK_S)
+            if not ready and self.watch.gave_up():
+                raise self.watch.error()
             for count_ref in ready:
                 self._collect(count_ref)
         return self.outputs

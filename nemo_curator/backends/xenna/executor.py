@@ -28,6 +28,7 @@ from nemo_curator.backends.base import BaseExecutor, CompletionTracker, Executio
 from nemo_curator.backends.errors import error_to_raise, find_stage_error
 from nemo_curator.backends.xenna.config import XennaSettings
 from nemo_curator.backends.xenna.pipeline import build_stage_specs, fit_cpu_requests, pipeline_config
+from nemo_curator.backends.xenna.state_api import fitted_state_api_limit
 from nemo_curator.tasks import Task
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class XennaExecutor(BaseExecutor):
       any more: terminal tasks go to the tracker at once, and the tracker times its ledger
       commits itself.
 
+    On a cluster the user started (``RAY_ADDRESS``), cosmos-xenna's state-API queries are
+    fitted to the limit the cluster's dashboard accepts (see ``state_api``); a cluster without
+    a reachable dashboard is refused before any stage runs.
+
     Invariants: a stage's CPU request is honoured unless the cluster is too small for one
     worker per stage, in which case all requests are scaled down by one factor (logged; a
     stage asking for no CPU and no GPU gets 0.01 CPU, as xenna needs a non-empty shape);
@@ -99,7 +104,7 @@ class XennaExecutor(BaseExecutor):
         _import_xenna_quietly(self.settings.verbose)
         from cosmos_xenna.pipelines import v1 as xenna
 
-        with xenna_run_environment():
+        with xenna_run_environment(), fitted_state_api_limit():
             stages = build_stage_specs(plan, tracker, self.settings)
             if is_tracking(tracker):  # only SERVING mode hands outputs over while the run goes on
                 from nemo_curator.backends.xenna.serving import run_serving
