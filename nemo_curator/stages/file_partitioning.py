@@ -342,7 +342,9 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
         Called by the executor for the source stage of a checkpointed run, with the ledger's view
         (``resumability.actor.LedgerSourceFilter``); this stage is not changed. The copy plans its
         groups with ``resumability.memberships.plan_partitions`` and records the memberships of
-        the groups it emits, durably, before it returns them.
+        the groups it emits, durably, before it returns them. ``limit`` then counts the plan's
+        groups in order of their first path, complete ones included (on unchanged input: the
+        same groups as without a checkpoint).
         """
         if not (hasattr(checkpoint, "partition_history") and hasattr(checkpoint, "record_partitions")):
             return self
