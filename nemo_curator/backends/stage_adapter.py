@@ -210,6 +210,16 @@ def _may_be_merged(real: list[Task], slots: list[Task | None], groups: list[list
     return any(len(group) > 1 or slots[group[0]] is not real[i] for i, group in enumerate(groups) if group)
 
 
+def _bound_to_checkpoint(stage: ProcessingStage, source_filter: SourceFilter) -> ProcessingStage:
+    """The source stage as it runs under a checkpoint: ``stage.for_checkpoint(source_filter)`` if it has one.
+
+    A stage that plans its sources against the checkpoint (``FilePartitioningStage`` keeps the
+    membership of complete groups) returns a bound copy; the user's stage object is not changed.
+    """
+    bind = getattr(stage, "for_checkpoint", None)
+    return bind(source_filter) if callable(bind) else stage
+
+
 class StageAdapter:
     """Runs ``stage`` on batches of tasks; one instance per worker.
 
@@ -239,6 +249,8 @@ class StageAdapter:
         self._nonce = int.from_bytes(os.urandom(8), "little")
         self._calls = 0
         self._warned: set[str] = set()
+        if self.source_filter is not None and self.tracking:
+            self.stage = _bound_to_checkpoint(stage, self.source_filter)
 
     def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
         self._call_user("setup_on_node", lambda: self.stage.setup_on_node(node_info, worker_metadata))

@@ -46,6 +46,7 @@ from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerpr
 from nemo_curator.resumability.layout import new_writer_id
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
+from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.status import LedgerAck, LedgerStatus
 from nemo_curator.resumability.store import CheckpointStore, preflight
@@ -144,6 +145,14 @@ class LedgerActor:
         self._sources_skipped += len(done)
         return done
 
+    def partition_history(self, stage_name: str) -> list[RecordedGroup]:
+        """The group memberships recorded for partitioning stage ``stage_name``, marked complete or not."""
+        return recorded_history(self._store.location, stage_name, self._store.completed)
+
+    def record_partitions(self, stage_name: str, generation: int, data: bytes) -> str:
+        """Make one membership record (``memberships.encode_record``) durable; returns after the write."""
+        return write_record(self._store.location, stage_name, generation, data)
+
     def status(self) -> LedgerStatus:
         """The store's status with this actor's counters."""
         return replace(
@@ -220,6 +229,26 @@ class LedgerSourceFilter:
 
     def _forget(self) -> None:
         self._actor = None
+
+    def partition_history(self, stage_name: str) -> list[RecordedGroup]:
+        """The memberships recorded for partitioning stage ``stage_name`` (see ``memberships``)."""
+        return _call_with_retry(
+            lambda: self._lookup().partition_history.remote(stage_name),
+            what="partition_history",
+            checkpoint=self.checkpoint,
+            timeout_s=self.timeout_s,
+            on_retry=self._forget,
+        )
+
+    def record_partitions(self, stage_name: str, generation: int, data: bytes) -> None:
+        """Record memberships durably before their groups are emitted (a resend writes an identical copy)."""
+        _call_with_retry(
+            lambda: self._lookup().record_partitions.remote(stage_name, generation, data),
+            what="record_partitions",
+            checkpoint=self.checkpoint,
+            timeout_s=self.timeout_s,
+            on_retry=self._forget,
+        )
 
 
 def _call_with_retry(make_ref: Any, *, what: str, checkpoint: str, timeout_s: float, on_retry: Any = None) -> Any:

@@ -5,8 +5,14 @@ outputs are the pipeline's *sources*, each identified by ``FileGroupTask.get_det
 (a hash of the group's sorted paths and each file's ``[size, mtime]``).
 
 Invariants:
-- the listing is sorted and the grouping depends only on the sorted listing, the sizes and the
-  options, so the same inputs give the same groups, in the same order, in every run;
+- without a checkpoint, the listing is sorted and the grouping depends only on the sorted listing,
+  the sizes and the options, so the same inputs give the same groups, in the same order, in
+  every run;
+- under a checkpoint (the executor calls ``for_checkpoint`` on the source stage), groups already
+  complete keep their recorded membership and are not emitted, recorded groups whose files are
+  all unchanged keep theirs, and only the other files are grouped afresh, so adding or removing
+  a file moves no complete group (``resumability.memberships``); the memberships of emitted
+  groups are durable in the checkpoint before ``process`` returns;
 - every group holds at least one file, and every listed file is in exactly one group (before
   ``limit`` drops the trailing groups);
 - ``task._metadata["file_stats"]`` maps every path of ``task.data`` to ``[size, mtime]``;
@@ -16,8 +22,11 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -44,6 +53,9 @@ _SIZE_UNITS: dict[str, int] = {
     "gib": 2**30,
     "tib": 2**40,
 }
+#: A listed file: ``(path, size, mtime)``.
+FileEntry = tuple[str, int, Any]
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -289,28 +301,30 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
             path = os.path.dirname(self.file_paths[0].rstrip("/"))
         return os.path.basename(path) or "dataset"
 
+    def _task(self, index: int, total: int, dataset_name: str, group: Sequence[FileEntry]) -> FileGroupTask:
+        paths = [p for p, _, _ in group]
+        return FileGroupTask(
+            dataset_name=dataset_name,
+            data=paths,
+            _metadata={
+                "partition_index": index,
+                "total_partitions": total,
+                "source_files": list(paths),
+                "file_stats": {p: [size, mtime] for p, size, mtime in group},
+            },
+        )
+
     def process(self, task: EmptyTask) -> list[FileGroupTask]:
         files = self.list_files()
+        checkpoint = getattr(self, "_checkpoint", None)
+        if checkpoint is not None:
+            return self._process_with_checkpoint(files, checkpoint)
         groups = self._groups(files)
         total = len(groups)
         if self.limit is not None:
             groups = groups[: self.limit]
         dataset_name = self._dataset_name()
-        tasks: list[FileGroupTask] = []
-        for index, group in enumerate(groups):
-            paths = [p for p, _, _ in group]
-            tasks.append(
-                FileGroupTask(
-                    dataset_name=dataset_name,
-                    data=paths,
-                    _metadata={
-                        "partition_index": index,
-                        "total_partitions": total,
-                        "source_files": list(paths),
-                        "file_stats": {p: [size, mtime] for p, size, mtime in group},
-                    },
-                )
-            )
+        tasks = [self._task(index, total, dataset_name, group) for index, group in enumerate(groups)]
         logger.debug(
             "{}: {} file(s) in {} partition(s){}",
             self.name,
@@ -319,3 +333,105 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
             f" (limit {self.limit} of {total})" if self.limit is not None and total > self.limit else "",
         )
         return tasks
+
+    # -- under a checkpoint: stable memberships ------------------------------------------
+
+    def for_checkpoint(self, checkpoint: Any) -> FilePartitioningStage:
+        """A copy of this stage that keeps the membership of groups already complete in a checkpoint.
+
+        Called by the executor for the source stage of a checkpointed run, with the ledger's view
+        (``resumability.actor.LedgerSourceFilter``); this stage is not changed. The copy plans its
+        groups with ``resumability.memberships.plan_partitions`` and records the memberships of
+        the groups it emits, durably, before it returns them. ``limit`` then counts the plan's
+        groups in order of their first path, complete ones included (on unchanged input: the
+        same groups as without a checkpoint).
+        """
+        if not (hasattr(checkpoint, "partition_history") and hasattr(checkpoint, "record_partitions")):
+            return self
+        bound = copy.copy(self)
+        bound._checkpoint = checkpoint
+        return bound
+
+    def _grouping(self) -> str:
+        """The grouping options (recorded groups of other options are not reused unless complete)."""
+        blocksize = parse_size(self.blocksize) if self.blocksize is not None else None
+        return json.dumps({"files_per_partition": self.files_per_partition, "blocksize": blocksize})
+
+    def _process_with_checkpoint(self, files: list[FileEntry], checkpoint: Any) -> list[FileGroupTask]:
+        from nemo_curator.backends.stage_adapter import source_id_for
+        from nemo_curator.resumability.memberships import encode_record, plan_partitions
+
+        recorded = checkpoint.partition_history(self.name)
+        grouping = self._grouping()
+        plan = plan_partitions(files, recorded, self._groups, grouping)
+        if plan.notices:
+            logger.warning(_describe_notices(self.name, str(getattr(checkpoint, "checkpoint", "")), plan.notices))
+        groups = plan.groups
+        total = len(groups)
+        if self.limit is not None:
+            groups = groups[: self.limit]
+        dataset_name = self._dataset_name()
+        tasks = [
+            self._task(index, total, dataset_name, group.members)
+            for index, group in enumerate(groups)
+            if not group.complete
+        ]
+        if tasks:
+            generation = 1 + max((g.generation for g in recorded), default=0)
+            memberships = [(source_id_for(t, "", 0), _entries(t)) for t in tasks]
+            checkpoint.record_partitions(
+                self.name, generation, encode_record(self.name, generation, grouping, memberships)
+            )
+        kept = sum(1 for g in groups if g.source_id is not None and not g.complete)
+        logger.debug(
+            "{}: {} file(s): {} group(s) already complete, {} recorded group(s) kept, {} new group(s)",
+            self.name,
+            len(files),
+            sum(1 for g in groups if g.complete),
+            kept,
+            len(tasks) - kept,
+        )
+        return tasks
+
+
+def _entries(task: FileGroupTask) -> list[FileEntry]:
+    stats = task._metadata["file_stats"]
+    return [(p, stats[p][0], stats[p][1]) for p in task.data]
+
+
+#: At most this many lines per kind of notice in one warning.
+_MAX_NOTICE_LINES = 20
+
+
+def _describe_notices(stage_name: str, checkpoint: str, notices: list[Any]) -> str:
+    """One loud warning for the plan's notices (``memberships.Notice``), with the fix."""
+    explain = {
+        "missing": "is no longer in the input; its records stay in that group's output",
+        "changed": (
+            "changed (size or mtime) since that group was written; its old records stay in that group's output "
+            "and its new content is processed again in a new group"
+        ),
+        "overlap": "is in two complete groups (the pipeline's grouping changed); its records are in both outputs",
+        "dissolved": (
+            "is gone or changed, and was in a group of the previous run that did not complete; that group is formed "
+            "anew, and if it was written before that run stopped its output stays beside the new one (delete it)"
+        ),
+    }
+    lines = [
+        f"stage {stage_name!r}: the input changed under groups recorded in checkpoint {checkpoint}. Complete "
+        "groups keep their membership and are not redone, so the output can differ from a run on the current "
+        "input alone:"
+    ]
+    for kind, text in explain.items():
+        chosen = [n for n in notices if n.kind == kind]
+        for notice in chosen[:_MAX_NOTICE_LINES]:
+            which = "group" if kind == "dissolved" else "complete group"
+            lines.append(f"  - {notice.path} {text} ({which}, source id {notice.source_id})")
+        if len(chosen) > _MAX_NOTICE_LINES:
+            lines.append(f"  - ... and {len(chosen) - _MAX_NOTICE_LINES} more file(s) that {text.split(';')[0]}")
+    lines.append(
+        "  Output files of a group are named after its source id. Fix: restore the file(s) if removing or changing "
+        "them was a mistake; for an output that equals a run on the current input alone, run into a new output "
+        "directory with a new checkpoint location"
+    )
+    return "\n".join(lines)
