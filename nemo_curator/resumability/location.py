@@ -94,7 +94,7 @@ class LocalLocation:
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix
         out = []
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(base, onerror=_raise_unless_missing):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             # Hidden names: temporary files of writes in progress, and the directory's write probe.
             out.extend(f"{rel}/{name}" for name in files if not name.startswith("."))
@@ -144,6 +144,16 @@ class LocalLocation:
     def delete(self, paths: list[str]) -> None:
         for path in paths:
             (self.root / path).unlink(missing_ok=True)
+
+
+def _raise_unless_missing(exc: OSError) -> None:
+    """``os.walk``'s error hook: a directory that cannot be listed is an error, not an empty one.
+
+    Skipping it (``os.walk``'s default) would drop a writer's records, revocations included,
+    from the union without a word. A missing directory has no objects.
+    """
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
 
 
 def _fsync_dir(directory: Path) -> None:
