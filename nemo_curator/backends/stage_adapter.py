@@ -198,16 +198,14 @@ def _owners(real: list[Task], slots: list[Task | None], key: int) -> list[int | 
 def _may_be_merged(real: list[Task], slots: list[Task | None], groups: list[list[int]]) -> bool:
     """Whether an input without outputs may have been merged into another input's output.
 
-    ``groups[i]`` lists the positions in ``slots`` of input ``i``'s outputs. No: when no input
-    has outputs, or every output is an input object returned once (a filter returning a subset
-    of its inputs). Yes otherwise, when some input has none: an output built with an input's
-    ``_metadata``, or an input returned several times, may be a merge that carried one input's
-    ``_metadata`` onto the data of several. The inputs without outputs then have their credit
-    ride on every output of the batch, so they complete when those do, never before.
+    ``groups[i]`` lists the positions in ``slots`` of input ``i``'s outputs. No when every input
+    has outputs or none has. Yes whenever some inputs have outputs and some have none: even a
+    batch whose outputs are all returned input objects may have merged the others into one of
+    them in place (``tasks[0]`` packed and returned), which cannot be told from a filter. The
+    inputs without outputs then have their credit ride on every output of the batch, so they
+    complete when those do, never before (a filter's sources complete a little later).
     """
-    if all(group for group in groups) or not any(groups):
-        return False
-    return any(len(group) > 1 or slots[group[0]] is not real[i] for i, group in enumerate(groups) if group)
+    return not all(groups) and any(groups)
 
 
 def _bound_to_checkpoint(stage: ProcessingStage, source_filter: SourceFilter) -> ProcessingStage:

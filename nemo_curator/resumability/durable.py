@@ -156,15 +156,15 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
     for writer_id, objs in writers.items():
         needed = objs.needed()
         if not needed:
-            logger.warning(
-                "checkpoint {}: writer {} has records but no header object; its records are ignored (its sources "
-                "are redone). Fix: none needed; if you copied the checkpoint, copy {}/{}/header-*.rec too",
-                location.display,
-                writer_id,
-                LEDGER_PREFIX,
-                writer_id,
+            # A header is written before any other object of its writer, so this is a partial copy
+            # or an outside deletion: ignoring the writer would drop its revocations (wrong skips).
+            raise CheckpointError(
+                f"checkpoint {location.display}: writer {writer_id} has records but no header object "
+                f"({LEDGER_PREFIX}/{writer_id}/header-*.rec is missing); its records (revocations included) cannot "
+                "be trusted or ignored. Nothing was changed. Fix: restore the header object (if the checkpoint was "
+                f"copied, copy {LEDGER_PREFIX}/{writer_id}/ whole), or move {LEDGER_PREFIX}/{writer_id}/ away to redo "
+                "what it recorded"
             )
-            continue
         header = decoded[needed[0].path]
         assert isinstance(header, WriterHeader)
         headers[writer_id] = header

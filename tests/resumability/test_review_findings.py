@@ -74,16 +74,12 @@ def test_listing_a_missing_prefix_is_still_empty(tmp_path: Path) -> None:
     assert LocalLocation(tmp_path).list("ledger") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: a writer without a header object is ignored whole, its revocations too, so a source "
-    "it revoked is skipped as complete (the warning says its sources are redone)",
-)
-def test_a_headerless_writers_revocation_still_counts(tmp_path: Path) -> None:
+def test_a_headerless_writer_is_a_loud_error_not_dropped_revocations(tmp_path: Path) -> None:
     root = _first_run_completes_then_second_revokes(tmp_path)
     for header in (root / "ledger" / "run-2").glob("header-*.rec"):
         header.unlink()  # e.g. a partial copy/sync of the checkpoint, or a lifecycle rule
-    assert source_key(S1) not in _completed_in_checkpoint(root)
+    with pytest.raises(CheckpointError, match="no header object"):
+        _completed_in_checkpoint(root)
 
 
 @pytest.mark.xfail(
@@ -132,11 +128,6 @@ def test_the_later_of_two_snapshots_at_one_upto_wins(tmp_path: Path, monkeypatch
     assert state.closed is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: a process_batch that merges inputs in place into a returned input object is taken for "
-    "a filter; the merged inputs' sources get sentinels and complete before the merged output is written",
-)
 def test_an_in_place_merge_into_a_returned_input_does_not_complete_the_merged_sources_early() -> None:
     from nemo_curator.stages.base import ProcessingStage
     from nemo_curator.tasks import NoneTask
