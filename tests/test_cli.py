@@ -128,7 +128,7 @@ def test_checkpoint_status_of_a_real_checkpoint(ray_session, tmp_path: Path) -> 
     assert (writer["completed"], writer["failed"], writer["in_flight"]) == (3, 1, 0)
     assert writer["fingerprint"] == status["fingerprint"]
     assert writer["closed"] is not None and writer["alive"] is False
-    assert writer["file"].endswith(".lmdb")
+    assert writer["objects"] >= 1 and writer["start_stamp"] >= 1
 
     text = runner.invoke(cli, ["checkpoint", "status", str(checkpoint)])
     assert text.exit_code == 0, text.output
