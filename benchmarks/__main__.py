@@ -4,7 +4,8 @@ Sections (see each module): ``overhead`` (checkpoint overhead on workload B1, wi
 curve and a variant that passes the sources to ``pipeline.run`` as initial tasks), ``resume``
 (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput, start-up load,
 memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per run, from the
-overhead section's checkpointed runs).
+overhead section's checkpointed runs), ``remote`` (the checkpoint on a local S3 server against local
+disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
