@@ -4,7 +4,8 @@ Sections (see each module): ``overhead`` (checkpoint overhead on workload B1, wi
 curve and a variant that passes the sources to ``pipeline.run`` as initial tasks), ``resume``
 (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput, start-up load,
 memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per run, from the
-overhead section's checkpointed runs).
+overhead section's checkpointed runs), ``remote`` (the checkpoint on a local S3 server against local
+disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -41,7 +42,7 @@ from benchmarks.report import render, write_json
 from nemo_curator.backends import registry
 
 EXECUTORS = tuple(registry.EXECUTORS)
-SECTIONS = ("overhead", "resume", "ledger", "messages")
+SECTIONS = ("overhead", "resume", "ledger", "messages", "remote")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
 FULL = {
@@ -223,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "resume": {},
         "ledger": {},
         "messages": {},
+        "remote": {},
     }
     failed = False
-    needs_ray = {"overhead", "resume"} & set(args.sections)
+    needs_ray = {"overhead", "resume", "remote"} & set(args.sections)
     if needs_ray:
         from nemo_curator.backends.ray_runtime import start_local_ray
 
@@ -288,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     summary["messages"][name] = {"error": "needs the overhead section's checkpointed runs"}
                     failed = failed or "overhead" in args.sections
+        if "remote" in args.sections:  # checkpoints on a local S3 server against local disk (benchmarks.remote)
+            from benchmarks.remote import run_remote_benchmark
+
+            try:
+                summary["remote"] = run_remote_benchmark(
+                    args.executors, args.sources, args.reps, work_root, settings, quick=args.quick
+                )
+            except Exception as exc:
+                failed = True
+                summary["remote"] = _error(exc)
+            write_json(summary, out)
     finally:
         if needs_ray:
             import ray

@@ -214,6 +214,10 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
                 )
         lines += _errors(messages)
         lines.append("")
+    if summary.get("remote"):
+        from benchmarks.remote import markdown_lines
+
+        lines += markdown_lines(summary["remote"])
     plots = summary.get("plots", {})
     lines += ["## Plots", ""]
     if plots_note:

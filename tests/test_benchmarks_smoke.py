@@ -80,6 +80,12 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
     for key in ("reports_per_s", "load_1m_completed_s", "bytes_per_inflight_source"):
         assert _is_number(ledger[key]) and ledger[key] > 0, (key, ledger)
 
+    remote = summary["remote"]  # benchmarks.remote: the checkpoint on a local S3 server against local disk
+    assert {t["location"] for t in remote["throughput"]} == {"local", "s3"}
+    assert all(_is_number(t["reports_per_s"]) for t in remote["throughput"]), remote["throughput"]
+    assert all(_is_number(remote["load"][m]["open_from_snapshot_s"]) for m in ("local", "s3")), remote["load"]
+    assert all(_is_number(o["s3_over_local"]["median"]) for o in remote["overhead"].values()), remote["overhead"]
+
     table = (out / "summary.md").read_text()
     for heading in (
         "Checkpoint overhead",
@@ -87,6 +93,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         "Resume efficiency",
         "Ledger",
         "Messages to the ledger",
+        "Checkpoint on object storage",
     ):
         assert heading in table
     for executor in EXECUTORS:

@@ -240,7 +240,7 @@ def _filesystem(config: CheckpointConfig) -> Any:
         options["config_kwargs"] = user_config
     try:
         fs = cls(**options)
-        if protocol in ("s3", "s3a") and "retries" not in type(fs).__dict__ and "retries" not in vars(fs):
+        if protocol in ("s3", "s3a") and "retries" not in vars(fs):
             fs.retries = S3_DEFAULT_RETRIES
         return fs
     except ImportError as exc:

@@ -3,6 +3,9 @@
 ``python -m tests.e2e.job '<json config>'`` runs it and prints one JSON line with the number of
 outputs. Every source the reader starts on leaves a marker file in ``log_dir``
 (``<source_id>.<pid>.<random>``), so a test can tell which sources a run (re)processed.
+
+``cfg["checkpoint"]`` is a path or URL, or a dict of ``CheckpointConfig`` arguments (``path``,
+``storage_options``, ``cache_dir``), which is what a JSON config can carry to a subprocess.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
             log_dir=cfg["log_dir"],
             crash_on=cfg.get("crash_on", ""),
             kill_ledger_on=cfg.get("kill_ledger_on", ""),
-            checkpoint=cfg.get("checkpoint") or "",
+            checkpoint=checkpoint_path(cfg),
         ),
         JsonlWriter(cfg["output_dir"]),
     ]
@@ -38,11 +41,29 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
     return Pipeline(name="e2e", stages=stages)
 
 
+def checkpoint_path(cfg: dict[str, Any]) -> str:
+    """The checkpoint's path or URL ("" without a checkpoint)."""
+    ckpt = cfg.get("checkpoint")
+    if isinstance(ckpt, dict):
+        return str(ckpt["path"])
+    return str(ckpt or "")
+
+
+def checkpoint_of(cfg: dict[str, Any]) -> Any:
+    """What the executor gets as ``checkpoint=``: ``None``, a path or URL, or a ``CheckpointConfig``."""
+    ckpt = cfg.get("checkpoint")
+    if isinstance(ckpt, dict):
+        from nemo_curator.resumability import CheckpointConfig
+
+        return CheckpointConfig(**ckpt)
+    return ckpt
+
+
 def make_executor(cfg: dict[str, Any]):
     from nemo_curator.demo import make_executor as demo_executor
 
     config = dict(cfg.get("executor_config") or {})
-    return demo_executor(cfg["executor"], config=config, checkpoint=cfg.get("checkpoint"))
+    return demo_executor(cfg["executor"], config=config, checkpoint=checkpoint_of(cfg))
 
 
 def write_inputs(input_dir: str, files: int, docs_per_file: int) -> list[str]:
