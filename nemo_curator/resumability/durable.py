@@ -258,8 +258,11 @@ class WriterLog:
             state.closed = closed
         if self.segments_since_snapshot == 0 and closed is None and self._snapshots:
             return False
-        upto = self.next_number - 1
+        # A writer without segments still snapshots (at close) as number 0, and its next segment
+        # is numbered after the snapshot, so the snapshot never hides it.
+        upto = max(self.next_number - 1, 0)
         state.upto = max(state.upto, upto)
+        self.next_number = max(self.next_number, state.upto + 1)
         # A fresh nonce: a second snapshot at the same ``upto`` (at close) must not overwrite the first.
         name = ObjectName(self.writer_id, "snap", state.upto, new_nonce())
         try:

@@ -22,6 +22,7 @@ A listed object may vanish before it is read (a writer compacted meanwhile): ``r
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import os
 import uuid
 from collections.abc import Callable
@@ -164,13 +165,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class FsspecLocation:
-    """A prefix of an fsspec filesystem (an object store: S3, GCS, Azure, ...)."""
+#: Deadline of one call to an object store when the driver's own timeouts cannot be read.
+DEFAULT_CALL_DEADLINE_S = 60.0
 
-    def __init__(self, fs: Any, root: str, display: str) -> None:
+
+def call_deadline_s(options: dict[str, Any]) -> float:
+    """How long one store call may take: every attempt's connect and read timeout, plus slack.
+
+    A hung endpoint (it accepts connections and never answers) must fail a call in bounded
+    time: botocore sends a PutObject with ``Expect: 100-continue`` and waits for the
+    ``100 Continue`` outside its read timeout, so the driver's timeouts alone do not bound it.
+    """
+    config = options.get("config_kwargs") or {}
+    try:
+        attempts = int((config.get("retries") or {}).get("max_attempts", 1)) or 1
+        per_attempt = float(config.get("connect_timeout", 60)) + float(config.get("read_timeout", 60))
+    except (TypeError, ValueError, AttributeError):
+        return DEFAULT_CALL_DEADLINE_S
+    return attempts * per_attempt + 10.0
+
+
+class FsspecLocation:
+    """A prefix of an fsspec filesystem (an object store: S3, GCS, Azure, ...).
+
+    Every call on an asynchronous filesystem (s3fs, gcsfs, adlfs) has a deadline
+    (``deadline_s``); past it the call raises ``fsspec`` 's ``FSTimeoutError`` (a ``TimeoutError``).
+    """
+
+    def __init__(self, fs: Any, root: str, display: str, deadline_s: float = DEFAULT_CALL_DEADLINE_S) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.display = display
+        self.deadline_s = deadline_s
+        #: fsspec's blocking wrappers of async filesystems take ``timeout=`` (not passed to the driver).
+        self._kw: dict[str, Any] = {"timeout": deadline_s} if getattr(fs, "async_impl", False) else {}
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
@@ -179,7 +207,7 @@ class FsspecLocation:
         base = self._full(prefix)
         self.fs.invalidate_cache(base)
         try:
-            found = self.fs.find(base)
+            found = self.fs.find(base, **self._kw)
         except FileNotFoundError:
             return []
         cut = len(self.root) + 1
@@ -194,19 +222,19 @@ class FsspecLocation:
         base = self._full(prefix)
         self.fs.invalidate_cache(base)
         try:
-            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False, **self._kw))
         except FileNotFoundError:
             return []
 
     def read(self, path: str) -> bytes:
-        return bytes(self.fs.cat_file(self._full(path)))
+        return bytes(self.fs.cat_file(self._full(path), **self._kw))
 
     def write_once(self, path: str, data: bytes) -> None:
-        self.fs.pipe_file(self._full(path), data)
+        self.fs.pipe_file(self._full(path), data, **self._kw)
 
     def delete(self, paths: list[str]) -> None:
         if paths:
-            self.fs.rm([self._full(p) for p in paths])
+            self.fs.rm([self._full(p) for p in paths], **self._kw)
 
 
 def _driver_missing(config: CheckpointConfig, protocol: str, exc: BaseException) -> CheckpointError:
@@ -234,9 +262,9 @@ def _filesystem(config: CheckpointConfig) -> Any:
         raise _driver_missing(config, protocol, exc) from exc
     options = dict(config.storage_options or {})
     if protocol in ("s3", "s3a"):
-        user_config = dict(options.get("config_kwargs") or {})
+        user_config = copy.deepcopy(dict(options.get("config_kwargs") or {}))
         for key, value in S3_DEFAULT_CONFIG.items():
-            user_config.setdefault(key, value)
+            user_config.setdefault(key, copy.deepcopy(value))
         options["config_kwargs"] = user_config
     try:
         fs = cls(**options)
@@ -310,7 +338,12 @@ def open_location(config: CheckpointConfig, *, writable: bool, timeout_s: float 
         return LocalLocation(root)
     fs = _filesystem(config)
     _, rest = config.location_id.split("://", 1)
-    location = FsspecLocation(fs, fs._strip_protocol(config.location_id) or rest, config.location_id)
+    options = dict(config.storage_options or {})
+    if config.protocol in ("s3", "s3a"):
+        options["config_kwargs"] = {**S3_DEFAULT_CONFIG, **(options.get("config_kwargs") or {})}
+    location = FsspecLocation(
+        fs, fs._strip_protocol(config.location_id) or rest, config.location_id, call_deadline_s(options)
+    )
     if writable:
         _bounded(config, "a probe write, read and delete", lambda: _probe(config, location), timeout_s)
     else:

@@ -202,10 +202,6 @@ def test_missing_bucket_is_a_clear_error_then_resume(
     assert_complete_and_exact(cfg, 4)
 
 
-@pytest.mark.skip(
-    reason="hangs (for minutes) until the core bug shown by tests/resumability/test_s3_unresponsive.py is fixed: "
-    "FsspecLocation calls have no deadline. Remove this marker with the fix"
-)
 def test_endpoint_unreachable_mid_run_fails_loudly_then_resume(
     ray_session, s3_server: S3Server, s3_checkpoint: S3Checkpoint, tmp_path: Path
 ) -> None:

@@ -13,8 +13,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pytest
-
 from nemo_curator.resumability.config import CheckpointConfig
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.location import S3_DEFAULT_RETRIES, open_location
@@ -41,11 +39,6 @@ def test_s3_gets_few_s3fs_retries_by_default(s3_checkpoint: S3Checkpoint) -> Non
     assert location.fs.retries == S3_DEFAULT_RETRIES  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: FsspecLocation calls have no deadline; a PutObject to a hung endpoint waits for "
-    "'100 Continue' for ever (remove this marker with the fix)",
-)
 def test_a_write_to_a_frozen_endpoint_fails_in_bounded_time(s3_checkpoint: S3Checkpoint) -> None:
     server = s3_checkpoint.server
     config = s3_checkpoint.config()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from nemo_curator.resumability.inspect import checkpoint_status, read_durable
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
@@ -17,11 +15,6 @@ from nemo_curator.tasks.credit import Credit
 from tests.resumability.trees import source_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: WriterLog.compact of a writer without segments names its snapshot with number -1 "
-    "('snap--00000000001-...'), which parse_object_path rejects (remove this marker with the fix)",
-)
 def test_a_run_that_recorded_nothing_closes_with_a_snapshot_readers_understand(tmp_path: Path) -> None:
     checkpoint = tmp_path / "ckpt"
     with CheckpointStore.open(checkpoint, fingerprint="f", writer_id="first") as store:
