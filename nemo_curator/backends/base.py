@@ -143,7 +143,7 @@ class RunSummary:
 
 
 #: Config keys every executor accepts (the base class reads them).
-BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change"})
+BASE_CONFIG_KEYS = frozenset({"num_cpus", "allow_pipeline_change", "shard"})
 
 
 def check_config_keys(owner: str, config: dict[str, Any], known: Iterable[str]) -> None:
@@ -179,8 +179,11 @@ class ExecutorSettings:
 class BaseExecutor(ABC):
     """Base for the three executors: ``XennaExecutor(config=None, checkpoint=None)`` etc.
 
-    Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run) and
-    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning).
+    Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run),
+    ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a warning)
+    and ``shard`` (``(index, count)`` or ``"slurm"``: process only that shard of the sources, so
+    that several runs can share one checkpoint side by side; needs a checkpoint; see
+    ``nemo_curator.resumability.shard``).
     """
 
     name: str = "base"
@@ -193,6 +196,15 @@ class BaseExecutor(ABC):
         # nemo_curator.resumability is imported only by a checkpointed run.
         self.checkpoint: str | os.PathLike | CheckpointConfig | None = checkpoint
         self.last_summary: RunSummary | None = None
+        if self.config.get("shard") is not None:
+            if checkpoint is None:
+                raise ValueError(
+                    f"{type(self).__name__}: config shard={self.config['shard']!r} needs a checkpoint (the shards of "
+                    "one pipeline share it). Fix: pass checkpoint=..., or drop shard"
+                )
+            from nemo_curator.resumability.shard import parse_shard
+
+            parse_shard(self.config["shard"])  # a bad value fails here, before any run
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         """Run ``stages`` and return the last stage's outputs without sentinels."""
@@ -243,9 +255,11 @@ class BaseExecutor(ABC):
         """Start this run's ledger (imported only here: ``checkpoint=None`` never loads it).
 
         Config ``allow_pipeline_change=True`` reuses a checkpoint written by a different
-        pipeline (with a loud warning) instead of refusing it.
+        pipeline (with a loud warning) instead of refusing it; ``shard`` restricts the run to
+        one shard of the sources.
         """
         from nemo_curator.resumability.config import coerce_checkpoint
+        from nemo_curator.resumability.shard import parse_shard
         from nemo_curator.resumability.tracker import LedgerTracker
 
         assert self.checkpoint is not None
@@ -253,6 +267,7 @@ class BaseExecutor(ABC):
             coerce_checkpoint(self.checkpoint),
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
+            shard=parse_shard(self.config.get("shard")),
         )
 
     @abstractmethod
