@@ -215,14 +215,17 @@ def _start_driver(cfg: dict[str, Any], *, join_ray: bool) -> subprocess.Popen:
     )
 
 
-def _wait_for_leases(cfg: dict[str, Any], count: int, drivers: list[subprocess.Popen]) -> None:
+def _wait_until_running(cfg: dict[str, Any], count: int, drivers: list[subprocess.Popen]) -> None:
+    """Until ``count`` runs have started their ledgers and work has begun (the gate then holds them)."""
     deadline = time.monotonic() + 300
-    while len({Path(p).parent.name for p in glob.glob(f"{cfg['checkpoint']}/ledger/*/beat-*.rec")}) < count:
+    while len(glob.glob(f"{cfg['checkpoint']}/ledger/*/header-*.rec")) < count or not job.processed_sources(
+        cfg["log_dir"]
+    ):
         for proc in drivers:
             if proc.poll() is not None:
                 out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"driver ended (rc={proc.returncode}) before holding its lease:\n{out[-4000:]}")
-        assert time.monotonic() < deadline, "drivers did not take their leases in time"
+                pytest.fail(f"driver ended (rc={proc.returncode}) before it was running:\n{out[-4000:]}")
+        assert time.monotonic() < deadline, "the drivers were not running in time"
         time.sleep(0.1)
 
 
@@ -231,7 +234,7 @@ def test_a_run_in_another_ray_instance_is_refused_and_a_killed_one_is_not(ray_se
     cfg = _cfg(tmp_path)
     first = _start_driver(cfg, join_ray=False)  # its own Ray instance, held mid-run by the gate
     try:
-        _wait_for_leases(cfg, 1, [first])
+        _wait_until_running(cfg, 1, [first])
         with pytest.raises(CheckpointError, match=rf"in use by another run: run \S+ \(pid {first.pid} on "):
             job.run(cfg)  # this process, the session's (separate) Ray instance
         assert not os.path.exists(cfg["output_dir"]) or not os.listdir(cfg["output_dir"])
@@ -252,7 +255,7 @@ def test_two_shards_run_side_by_side_and_an_unsharded_run_is_refused(ray_session
     shards = [_cfg(tmp_path, executor_config={"shard": [k, 2]}) for k in range(2)]
     drivers = [_start_driver(shards[0], join_ray=False), _start_driver(shards[1], join_ray=True)]
     try:
-        _wait_for_leases(shards[0], 2, drivers)  # both hold their lease (both are running) at once
+        _wait_until_running(shards[0], 2, drivers)  # both are running at once
         with pytest.raises(CheckpointError, match=r"in use by another run: ") as refused:
             job.run(_cfg(tmp_path))
         assert "shard 0 of 2" in str(refused.value) and "shard 1 of 2" in str(refused.value)
