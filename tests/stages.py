@@ -498,6 +498,8 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
 
     While the file ``<log_dir>/stall`` exists, a task waits before it starts (tasks already
     sleeping finish): a test can bring the pipeline to a standstill at a moment it chooses.
+    With ``wait_for`` (a path) every task waits until that file exists, so a test can hold a
+    run mid-way for as long as it needs.
     """
 
     seconds: float = 0.05
@@ -505,13 +507,17 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
     crash_on: str = ""
     kill_ledger_on: str = ""
     checkpoint: str = ""
+    wait_for: str = ""
     name: str = "slow"
     resources: Resources = field(default_factory=lambda: SMALL)
-    fingerprint_ignore: tuple[str, ...] = ("seconds", "log_dir", "crash_on", "kill_ledger_on", "checkpoint")
+    fingerprint_ignore: tuple[str, ...] = ("seconds", "log_dir", "crash_on", "kill_ledger_on", "checkpoint", "wait_for")
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
         while self.log_dir and os.path.exists(os.path.join(self.log_dir, "stall")):
             time.sleep(0.05)
+        deadline = time.monotonic() + 600
+        while self.wait_for and not os.path.exists(self.wait_for) and time.monotonic() < deadline:
+            time.sleep(0.1)
         names = {os.path.basename(p) for p in task._metadata.get("source_files", [])}
         if self.crash_on in names and first_time(os.path.join(self.log_dir, "crashed")):
             os._exit(1)

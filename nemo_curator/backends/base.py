@@ -157,7 +157,7 @@ class RunSummary:
 
 #: Config keys every executor accepts (the base class reads them).
 BASE_CONFIG_KEYS = (
-    frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids"}) | PREEMPTION_CONFIG_KEYS
+    frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids", "shard"}) | PREEMPTION_CONFIG_KEYS
 )
 
 
@@ -197,8 +197,11 @@ class BaseExecutor(ABC):
     Config keys read here: ``num_cpus`` (logical CPUs of a local Ray started for the run),
     ``allow_pipeline_change`` (reuse a checkpoint written by a different pipeline, with a
     warning), ``allow_positional_source_ids`` (with a checkpoint, accept sources without a
-    content id, identified by their position, with a warning; refused by default), and for
-    preemption (see ``nemo_curator.backends.preemption``):
+    content id, identified by their position, with a warning; refused by default), ``shard``
+    (``(index, count)`` or ``"slurm"``: process only that shard of the sources, so that several
+    runs can share one checkpoint side by side; needs a checkpoint; see
+    ``nemo_curator.resumability.shard``), and for preemption (see
+    ``nemo_curator.backends.preemption``):
     ``preemption_signals`` (default ``["SIGTERM", "SIGINT"]``; ``[]`` installs no handler),
     ``preemption_grace_s`` (default 30: how long a checkpointed run goes on after the first
     signal so that work in flight can finish) and ``preemption_flush_s`` (default 10: how long
@@ -216,6 +219,15 @@ class BaseExecutor(ABC):
         self.checkpoint: str | os.PathLike | CheckpointConfig | None = checkpoint
         self.preemption = PreemptionSettings.from_config(self.config)
         self.last_summary: RunSummary | None = None
+        if self.config.get("shard") is not None:
+            if checkpoint is None:
+                raise ValueError(
+                    f"{type(self).__name__}: config shard={self.config['shard']!r} needs a checkpoint (the shards of "
+                    "one pipeline share it). Fix: pass checkpoint=..., or drop shard"
+                )
+            from nemo_curator.resumability.shard import parse_shard
+
+            parse_shard(self.config["shard"])  # a bad value fails here, before any run
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         """Run ``stages`` and return the last stage's outputs without sentinels.
@@ -313,9 +325,11 @@ class BaseExecutor(ABC):
         """Start this run's ledger (imported only here: ``checkpoint=None`` never loads it).
 
         Config ``allow_pipeline_change=True`` reuses a checkpoint written by a different
-        pipeline (with a loud warning) instead of refusing it.
+        pipeline (with a loud warning) instead of refusing it; ``shard`` restricts the run to
+        one shard of the sources.
         """
         from nemo_curator.resumability.config import coerce_checkpoint
+        from nemo_curator.resumability.shard import parse_shard
         from nemo_curator.resumability.tracker import LedgerTracker
 
         assert self.checkpoint is not None
@@ -323,6 +337,7 @@ class BaseExecutor(ABC):
             coerce_checkpoint(self.checkpoint),
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
+            shard=parse_shard(self.config.get("shard")),
         )
 
     @abstractmethod

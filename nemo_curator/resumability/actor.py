@@ -1,11 +1,13 @@
 """The shared ledger actor (one per checkpoint directory) and its driver-side handle.
 
-``LedgerHandle.open(checkpoint, stages)`` (a path, URL or ``CheckpointConfig``) validates the
-location and the pipeline fingerprint *in the driver* (clear errors before any work), replaces a
-leftover actor of a dead run, and starts one ``LedgerActor`` named after the location
-(``nemo_curator_ledger_<hash>`` in the ``nemo_curator`` namespace), pinned to the driver's node
-(its LMDB cache is local to it), owned by the driver (not detached: it dies with the driver) and
-restartable (``max_restarts``).
+``LedgerHandle.open(checkpoint, stages, shard=None)`` (a path, URL or ``CheckpointConfig``)
+validates the location and the pipeline fingerprint *in the driver* (clear errors before any
+work), refuses when another run holds a live lease on the location that it may not run beside
+(``lease``: any Ray instance, any host), replaces a leftover actor of a dead run, and starts one
+``LedgerActor`` named after the location and shard (``nemo_curator_ledger_<hash>`` in the
+``nemo_curator`` namespace), pinned to the driver's node (its LMDB cache is local to it), owned
+by the driver (not detached: it dies with the driver) and restartable (``max_restarts``). The
+actor holds the run's lease (heartbeats) while it runs.
 
 Guarantees:
 - ``report(batch)`` is acknowledged: the actor makes the batch durable at the checkpoint
@@ -18,7 +20,12 @@ Guarantees:
 - a restarted actor (on any node, with any cache) reopens the same writer's durable record and
   reloads its in-flight state exactly;
 - when the actor is gone for good, calls raise ``LedgerUnavailableError`` instead of running on
-  without tracking.
+  without tracking;
+- a live actor is never killed as a leftover unless its run is known to be dead: an actor that
+  does not answer ``owner()`` in time (busy, slow, restarting) cannot be told apart from a live
+  run, so the new run is refused instead;
+- with a shard, the source stage keeps only the sources of its shard (``LedgerSourceFilter``
+  reports the others as if complete: they are neither emitted nor recorded by this run).
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableError
 from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
 from nemo_curator.resumability.layout import new_writer_id
+from nemo_curator.resumability.lease import LeaseSettings
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
 from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
 from nemo_curator.resumability.report import Report, ReportBatch
+from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.status import LedgerAck, LedgerStatus
 from nemo_curator.resumability.store import CheckpointStore, preflight
 
@@ -57,12 +66,21 @@ DEFAULT_MAX_RESTARTS = 4
 
 #: How long a caller waits for a restarting actor before giving up.
 UNAVAILABLE_TIMEOUT_S = 180.0
+#: How long a starting run waits for an existing actor's ``owner()`` before refusing (never killing).
+OWNER_TIMEOUT_S = 30.0
 
 
-def ledger_actor_name(checkpoint: str | os.PathLike | CheckpointConfig) -> str:
-    """The actor name for a checkpoint location: a short hash of its canonical name (``location_id``)."""
+def ledger_actor_name(checkpoint: str | os.PathLike | CheckpointConfig, shard: Shard | None = None) -> str:
+    """The actor name for a checkpoint location (and shard): a short hash of its canonical name (``location_id``)."""
     location_id = coerce_checkpoint(checkpoint).location_id
-    return ACTOR_NAME_PREFIX + hashlib.blake2b(location_id.encode(), digest_size=8).hexdigest()
+    key = location_id if shard is None else f"{location_id}#shard-{shard.index}-of-{shard.count}"
+    return ACTOR_NAME_PREFIX + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def handle_open_here(writer_id: str) -> bool:
+    """Whether a ``LedgerHandle`` of run ``writer_id`` is open in this process."""
+    with _open_handles_lock:
+        return writer_id in _open_handles.values()
 
 
 # Actors this process opened and has not closed: name -> writer id.
@@ -101,6 +119,8 @@ class LedgerActor:
         owner: dict[str, Any],
         recent_limit: int = DEFAULT_RECENT_LIMIT,
         allow_fingerprint_change: bool = False,
+        shard: Shard | None = None,
+        lease: LeaseSettings | None = None,
     ) -> None:
         self._owner = dict(owner)
         self._reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
@@ -115,6 +135,8 @@ class LedgerActor:
             allow_fingerprint_change=allow_fingerprint_change,
             owner=owner,
             recent_limit=recent_limit,
+            lease=lease,
+            shard=shard,
         )
         # The loaded state (a set of up to millions of keys) lives as long as the actor: keep the
         # garbage collector from traversing it on every full collection.
@@ -185,13 +207,16 @@ class LedgerSourceFilter:
     """Picklable worker-side view of the ledger for the source stage.
 
     ``completed(ids)`` looks the actor up by name (once per process) and asks it which ids are
-    complete. Implements ``nemo_curator.backends.stage_adapter.SourceFilter``.
+    complete. With a ``shard``, ids outside it are answered as complete without asking (the
+    source stage then drops them: this run neither emits nor records them), and the actor
+    counts only the run's own sources. Implements ``nemo_curator.backends.stage_adapter.SourceFilter``.
     """
 
     actor_name: str
     namespace: str
     checkpoint: str
     timeout_s: float = UNAVAILABLE_TIMEOUT_S
+    shard: Shard | None = None
     _actor: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -217,7 +242,11 @@ class LedgerSourceFilter:
         """The subset of ``source_ids`` already complete in the checkpoint."""
         if not source_ids:
             return set()
-        ids = list(source_ids)
+        shard = self.shard
+        ids = list(source_ids) if shard is None else [i for i in source_ids if shard.owns(i)]
+        others = set() if shard is None else {i for i in source_ids if not shard.owns(i)}
+        if not ids:
+            return others
         done = _call_with_retry(
             lambda: self._lookup().completed.remote(ids),
             what="completed",
@@ -225,7 +254,7 @@ class LedgerSourceFilter:
             timeout_s=self.timeout_s,
             on_retry=self._forget,
         )
-        return set(done)
+        return set(done) | others
 
     def _forget(self) -> None:
         self._actor = None
@@ -292,8 +321,10 @@ class LedgerHandle:
         writer_id: str,
         fingerprint: str,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
+        shard: Shard | None = None,
     ) -> None:
         self._actor = actor
+        self.shard = shard
         self.name = name
         self.checkpoint = checkpoint
         self.writer_id = writer_id
@@ -317,12 +348,15 @@ class LedgerHandle:
         recent_limit: int = DEFAULT_RECENT_LIMIT,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
         wait: bool = True,
+        shard: Shard | None = None,
+        lease: LeaseSettings | None = None,
     ) -> LedgerHandle:
         """Validate the ``checkpoint`` location and the pipeline, then start the ledger actor.
 
         ``stages_or_fingerprint`` is the built stage list (or a fingerprint from
-        ``pipeline_fingerprint``). Raises ``CheckpointError`` (bad directory, a run already using
-        it) or ``FingerprintMismatchError`` in the driver, before any work starts. Ray must be
+        ``pipeline_fingerprint``). Raises ``CheckpointError`` (bad directory, a live run it may
+        not run beside: ``lease``) or ``FingerprintMismatchError`` in the driver, before any work
+        starts. ``shard`` restricts this run to one shard of the sources (``shard``). Ray must be
         initialized.
 
         With ``wait=False`` this returns as soon as the actor is submitted (its process starts
@@ -334,10 +368,19 @@ class LedgerHandle:
         else:
             description = describe_fingerprint(list(stages_or_fingerprint))
             fingerprint = fingerprint_of_description(description)
-        config = preflight(checkpoint, fingerprint, description, allow_fingerprint_change=allow_fingerprint_change)
+        lease = lease or LeaseSettings()
+        config = preflight(
+            checkpoint,
+            fingerprint,
+            description,
+            allow_fingerprint_change=allow_fingerprint_change,
+            lease=lease,
+            shard=shard,
+            open_here=handle_open_here,
+        )
         if not ray.is_initialized():
             raise RuntimeError("LedgerHandle.open needs an initialized Ray (the executor starts it)")
-        name = ledger_actor_name(config)
+        name = ledger_actor_name(config, shard)
         writer_id = new_writer_id()
         ctx = ray.get_runtime_context()
         owner = {
@@ -350,10 +393,11 @@ class LedgerHandle:
             name,
             config.display,
             args=(config, writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
+            kwargs={"shard": shard, "lease": lease},
             max_restarts=max_restarts,
             node_id=ctx.get_node_id(),
         )
-        handle = cls(actor, name, config.display, writer_id, fingerprint, timeout_s)
+        handle = cls(actor, name, config.display, writer_id, fingerprint, timeout_s, shard)
         handle._startup = actor.status.remote()
         with _open_handles_lock:
             _open_handles[name] = writer_id
@@ -443,7 +487,7 @@ class LedgerHandle:
 
     def source_filter(self) -> LedgerSourceFilter:
         """A picklable object for the source stage's workers (``completed(ids) -> set[str]``)."""
-        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s)
+        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s, self.shard)
 
     @property
     def actor(self) -> Any:
@@ -486,8 +530,16 @@ class LedgerHandle:
         self.close()
 
 
-def _start_actor(name: str, checkpoint: str, *, args: tuple[Any, ...], max_restarts: int, node_id: str) -> Any:
-    """Create the named actor, replacing a leftover one whose run is no longer alive."""
+def _start_actor(
+    name: str,
+    checkpoint: str,
+    *,
+    args: tuple[Any, ...],
+    max_restarts: int,
+    node_id: str,
+    kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Create the named actor, replacing a leftover one whose run is known to be dead."""
     remote_cls = _remote_class()
     for _ in range(50):
         _replace_stale_actor(name, checkpoint)
@@ -500,7 +552,7 @@ def _start_actor(name: str, checkpoint: str, *, args: tuple[Any, ...], max_resta
                 max_concurrency=1,
                 num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-            ).remote(*args)
+            ).remote(*args, **(kwargs or {}))
         except ValueError as exc:  # the name is still registered (a killed actor not yet cleaned up)
             if "already taken" not in str(exc) and "already exists" not in str(exc):
                 raise
@@ -512,15 +564,27 @@ def _start_actor(name: str, checkpoint: str, *, args: tuple[Any, ...], max_resta
 
 
 def _replace_stale_actor(name: str, checkpoint: str) -> None:
-    """Kill a live actor of ``name`` if its run is dead; raise ``CheckpointError`` if it is alive."""
+    """Kill an actor of ``name`` whose run is dead; raise ``CheckpointError`` if it is alive or cannot be told.
+
+    Only two answers make an actor stale: it is dead (``ActorDiedError``), or it names a run
+    whose driver is gone. An actor that does not answer within ``OWNER_TIMEOUT_S`` (busy with a
+    long batch, its node slow, restarting) is never killed: the new run is refused.
+    """
     try:
         existing = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return
     try:
-        owner: dict[str, Any] | None = ray.get(existing.owner.remote(), timeout=30)
-    except (RayActorError, GetTimeoutError):
-        owner = None
+        owner: dict[str, Any] | None = ray.get(existing.owner.remote(), timeout=OWNER_TIMEOUT_S)
+    except (GetTimeoutError, ActorUnavailableError) as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} may be in use by another run: its ledger actor {name!r} in this Ray cluster "
+            f"did not say which run it belongs to within {OWNER_TIMEOUT_S:.0f} s ({type(exc).__name__}); it may be "
+            "busy or restarting, so it is left alone. Fix: wait for that run to finish (or stop it) and retry, or "
+            "use another checkpoint location"
+        ) from exc
+    except RayActorError:
+        owner = None  # dead: only its name is left to release
     if owner is not None and owner_alive(owner):
         raise CheckpointError(
             f"checkpoint {checkpoint} is in use by another run (pid {owner.get('pid')} on {owner.get('host')}, "

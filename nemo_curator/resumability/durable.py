@@ -55,6 +55,8 @@ class WriterObjects:
     headers: list[ObjectName] = field(default_factory=list)
     snapshots: list[ObjectName] = field(default_factory=list)
     segments: list[ObjectName] = field(default_factory=list)
+    #: Heartbeats (``lease``): never read to build the ledger.
+    beats: list[ObjectName] = field(default_factory=list)
 
     def newest_snapshot(self) -> ObjectName | None:
         return max(self.snapshots, key=lambda n: (n.number, n.nonce), default=None)
@@ -77,7 +79,11 @@ class WriterObjects:
 
 @dataclass
 class CheckpointRead:
-    """What ``read_checkpoint`` found: per writer its header, state and listed objects; and their union."""
+    """What ``read_checkpoint`` found: per writer its header and state; and their union.
+
+    ``objects`` holds the listed objects of every writer, also of one that so far has only
+    heartbeats (it is starting: ``lease``); ``headers`` and ``states`` only writers with a header.
+    """
 
     headers: dict[str, WriterHeader]
     states: dict[str, WriterState]
@@ -108,7 +114,9 @@ def list_objects(location: Location) -> tuple[dict[str, WriterObjects], list[str
             unexpected.append(path)
             continue
         objs = writers.setdefault(name.writer_id, WriterObjects())
-        {"header": objs.headers, "snap": objs.snapshots, "seg": objs.segments}[name.kind].append(name)
+        {"header": objs.headers, "snap": objs.snapshots, "seg": objs.segments, "beat": objs.beats}[name.kind].append(
+            name
+        )
     return writers, unexpected
 
 
@@ -155,6 +163,8 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
     states: dict[str, WriterState] = {}
     for writer_id, objs in writers.items():
         needed = objs.needed()
+        if not needed and not objs.headers and not (objs.snapshots or objs.segments):
+            continue  # only heartbeats: a writer starting right now (it writes its header next)
         if not needed:
             # A header is written before any other object of its writer, so this is a partial copy
             # or an outside deletion: ignoring the writer would drop its revocations (wrong skips).
@@ -183,7 +193,7 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
     return CheckpointRead(
         headers=headers,
         states=states,
-        objects={w: writers[w] for w in headers},
+        objects=writers,
         union=union(states.values(), headers.values()),
         unexpected=unexpected,
     )

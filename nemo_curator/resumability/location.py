@@ -17,6 +17,10 @@ Write-once (``write_once``):
 
 A listed object may vanish before it is read (a writer compacted meanwhile): ``read`` then raises
 ``FileNotFoundError`` and the caller lists again.
+
+``modified(path)`` is the object's modification time by the STORE's clock (the file server's for
+a filesystem, ``LastModified`` for an object store), in seconds since the epoch; it is compared
+only with other ``modified`` times of the same location, never with a host's clock (``lease``).
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class Location(Protocol):
         """The direct children of ``prefix`` (names), for format checks."""
         ...
 
+    def modified(self, path: str) -> float:
+        """The object's modification time by the store's clock; ``FileNotFoundError`` when it does not exist."""
+        ...
+
 
 class LocalLocation:
     """A directory on a POSIX filesystem (local disk or a mounted shared filesystem)."""
@@ -110,6 +118,9 @@ class LocalLocation:
     def read(self, path: str) -> bytes:
         with open(self.root / path, "rb") as f:
             return f.read()
+
+    def modified(self, path: str) -> float:
+        return os.stat(self.root / path).st_mtime
 
     def write_once(self, path: str, data: bytes) -> None:
         target = self.root / path
@@ -229,12 +240,44 @@ class FsspecLocation:
     def read(self, path: str) -> bytes:
         return bytes(self.fs.cat_file(self._full(path), **self._kw))
 
+    def modified(self, path: str) -> float:
+        full = self._full(path)
+        self.fs.invalidate_cache(full)
+        return info_mtime(self.fs.info(full), full)
+
     def write_once(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(self._full(path), data, **self._kw)
 
     def delete(self, paths: list[str]) -> None:
         if paths:
             self.fs.rm([self._full(p) for p in paths], **self._kw)
+
+
+#: Keys of an fsspec ``info`` dict that hold a modification time, most specific first.
+MTIME_KEYS = ("LastModified", "mtime", "last_modified", "updated", "modified", "created", "creation_time")
+
+
+def info_mtime(info: dict[str, Any], path: str) -> float:
+    """Seconds since the epoch of an fsspec ``info`` dict's modification time (``ValueError`` if it has none)."""
+    import datetime
+
+    for key in MTIME_KEYS:
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.UTC)
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)).timestamp()
+    raise ValueError(f"the store reports no modification time for {path} (info keys: {sorted(info)})")
 
 
 def _driver_missing(config: CheckpointConfig, protocol: str, exc: BaseException) -> CheckpointError:

@@ -5,6 +5,7 @@ A checkpoint location holds, per writer (one run of one driver), a prefix::
     ledger/<writer_id>/header-<nonce>.rec            who wrote (fingerprint, start stamp, host, pid)
     ledger/<writer_id>/seg-<number>-<nonce>.rec      one acknowledged report batch (a ``LedgerUpdate``)
     ledger/<writer_id>/snap-<upto>-<nonce>.rec       the writer's whole state up to segment ``upto``
+    ledger/<writer_id>/beat-<number>-<nonce>.rec     a liveness heartbeat (its lease; see ``lease``)
 
 ``number``/``upto`` are 12 decimal digits; ``nonce`` is random per writing process, so two
 incarnations of one writer (a restarted ledger actor and a zombie one) never write the same
@@ -40,11 +41,12 @@ APP_MARKER = "nemo_curator.resumability.ledger"
 KIND_HEADER = ord("H")
 KIND_SEGMENT = ord("S")
 KIND_SNAPSHOT = ord("P")
+KIND_BEAT = ord("B")
 LEDGER_PREFIX = "ledger"
 SUFFIX = ".rec"
 DIGEST_SIZE = 32
 
-_NAME = re.compile(r"^(header|seg|snap)-(?:(\d{12})-)?([0-9a-f]{8,64})\.rec$")
+_NAME = re.compile(r"^(header|seg|snap|beat)-(?:(\d{12})-)?([0-9a-f]{8,64})\.rec$")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -55,7 +57,7 @@ _U64 = struct.Struct(">Q")
 
 @dataclass(frozen=True, order=True)
 class ObjectName:
-    """A parsed object name: ``kind`` is ``header``, ``seg`` or ``snap``; ``number`` is ``-1`` for a header."""
+    """A parsed object name: ``kind`` is ``header``, ``seg``, ``snap`` or ``beat``; ``number`` -1 for a header."""
 
     writer_id: str
     kind: str
@@ -128,6 +130,22 @@ class Segment:
     seq: int | None = None
     time: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Beat:
+    """A writer's heartbeat: who runs it, on which shard. Its liveness is its object's store mtime.
+
+    ``owner`` is the driver's ``liveness.this_process()`` record (the run lives while it does);
+    ``shard`` is ``[index, count]`` or ``None``; ``time`` (the writer host's clock) is for humans only.
+    """
+
+    writer_id: str
+    owner: dict[str, Any] = field(default_factory=dict)
+    shard: list[int] | None = None
+    fingerprint: str = ""
+    interval_s: float = 0.0
+    time: float = 0.0
 
 
 @dataclass
@@ -339,6 +357,32 @@ def encode_snapshot(state: WriterState) -> bytes:
         **_encode_rows(rows),
     }
     return _frame(KIND_SNAPSHOT, head, sections)
+
+
+def encode_beat(beat: Beat) -> bytes:
+    head = {
+        "writer_id": beat.writer_id,
+        "owner": beat.owner,
+        "shard": beat.shard,
+        "fingerprint": beat.fingerprint,
+        "interval_s": beat.interval_s,
+        "time": beat.time,
+    }
+    return _frame(KIND_BEAT, head, {})
+
+
+def decode_beat(data: bytes, where: str) -> Beat:
+    kind, head, _ = _unframe(data, where)
+    _expect(kind, KIND_BEAT, where)
+    shard = head.get("shard")
+    return Beat(
+        writer_id=str(head["writer_id"]),
+        owner=dict(head.get("owner") or {}),
+        shard=[int(x) for x in shard] if isinstance(shard, list) else None,
+        fingerprint=str(head.get("fingerprint") or ""),
+        interval_s=float(head.get("interval_s") or 0.0),
+        time=float(head.get("time") or 0.0),
+    )
 
 
 def _expect(kind: int, wanted: int, where: str) -> None:

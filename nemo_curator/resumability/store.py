@@ -23,6 +23,10 @@ Invariants:
 - if writing the segment (or the cache) fails, the in-memory ledger is rebuilt from the durable
   record and the error is raised: memory never runs ahead of what is durable, and nothing
   unacknowledged is taken as durable;
+- with a ``lease`` (the ledger actor passes one), the writer holds a liveness lease at the location
+  while it is open (``lease``: a heartbeat written first, then the other writers judged; a live
+  writer it may not run beside refuses the open before its header is written); ``close`` marks
+  it closed and deletes its heartbeats;
 - the LMDB cache (``<cache_dir>/<writer_id>.lmdb``) is rebuilt from the durable record at every
   open; it is never read to decide anything, so a cache that is behind, ahead or different never
   wins, and losing it (a new node, a wiped ``cache_dir``) loses nothing.
@@ -34,7 +38,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +76,14 @@ from nemo_curator.resumability.layout import (
     new_writer_id,
     release_env,
 )
+from nemo_curator.resumability.lease import Heartbeat, LeaseSettings, check_no_conflict
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate, SourceLedger
 from nemo_curator.resumability.liveness import this_process
 from nemo_curator.resumability.location import Location, describe_access_error, open_location
-from nemo_curator.resumability.records import Segment, WriterHeader, WriterState
+from nemo_curator.resumability.records import Beat, Segment, WriterHeader, WriterState
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.scan import current_writer, iso_time
+from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.status import LedgerStatus
 
 #: Longest failure reason stored (characters).
@@ -135,10 +141,16 @@ def preflight(
     description: list[dict[str, Any]] | None = None,
     *,
     allow_fingerprint_change: bool = False,
+    lease: LeaseSettings | None = None,
+    shard: Shard | None = None,
+    open_here: Callable[[str], bool] | None = None,
 ) -> CheckpointConfig:
     """Check the location, the cache directory and the pipeline fingerprint without writing any record.
 
-    Returns the ``CheckpointConfig``. Raises ``CheckpointError`` / ``FingerprintMismatchError``.
+    With ``lease``, also refuse when a live writer may not run beside one with ``shard``
+    (``lease.check_no_conflict``; ``open_here(writer_id)`` tells whether a run of this very
+    process is still open). Returns the ``CheckpointConfig``. Raises ``CheckpointError`` /
+    ``FingerprintMismatchError``.
     """
     from nemo_curator.resumability.checkpoint import validate_cache_dir
 
@@ -146,6 +158,19 @@ def preflight(
     location = open_location(config, writable=True)
     validate_cache_dir(config.resolved_cache_dir(), config)
     read = _read(location, config, DEFAULT_RECENT_LIMIT)
+    if lease is not None:
+        try:
+            check_no_conflict(
+                location,
+                {w: state.closed is not None for w, state in read.states.items()},
+                shard=shard,
+                lease_s=lease.lease_s,
+                open_here=open_here or (lambda _writer: True),
+            )
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise describe_access_error(config, exc, "reading the other runs' heartbeats") from exc
     check_fingerprint(config.display, read.headers.values(), fingerprint, description, allow_fingerprint_change)
     return config
 
@@ -205,6 +230,8 @@ class CheckpointStore:
         self.load_seconds = 0.0
         self.other_writers = 0
         self._broken: BaseException | None = None
+        self._heartbeat: Heartbeat | None = None
+        self.shard: Shard | None = None
 
     # -- opening ----------------------------------------------------------------------
 
@@ -223,11 +250,15 @@ class CheckpointStore:
         recent_limit: int = DEFAULT_RECENT_LIMIT,
         compact_every: int = COMPACT_EVERY,
         digest_budget: int = DEFAULT_DIGEST_BUDGET,
+        lease: LeaseSettings | None = None,
+        shard: Shard | None = None,
     ) -> CheckpointStore:
         """Open (create or reopen) ``writer_id``'s record at ``checkpoint`` and load the ledger.
 
         ``verify_fingerprint=False`` skips the fingerprint comparison with other writers (the
-        driver already did it in ``preflight``); a reopened own record must still match.
+        driver already did it in ``preflight``); a reopened own record must still match. With
+        ``lease`` the writer takes a liveness lease first and refuses (``CheckpointError``) to
+        run beside a live writer whose shard is not compatible with ``shard`` (see ``lease``).
         """
         from nemo_curator.resumability.checkpoint import validate_cache_dir
 
@@ -252,14 +283,50 @@ class CheckpointStore:
         if verify_fingerprint:
             others = [h for w, h in read.headers.items() if w != writer_id]
             overridden = check_fingerprint(config.display, others, fingerprint, description, allow_fingerprint_change)
-        store._init_header(read, description, owner or {}, overridden)
+        store.shard = shard
+        if lease is not None:
+            store._take_lease(read, lease, owner)
         try:
+            store._init_header(read, description, owner or {}, overridden)
             store._load(read)
         except BaseException:
             store._release()
+            if store._heartbeat is not None:
+                store._heartbeat.stop(delete=True)
             raise
         store.load_seconds = time.perf_counter() - start
         return store
+
+    def _take_lease(self, read: CheckpointRead, settings: LeaseSettings, owner: dict[str, Any] | None) -> None:
+        """Write the first heartbeat, then refuse if a live writer may not run beside this one."""
+        beat = Beat(
+            writer_id=self.writer_id,
+            owner=dict(owner) if owner else {**this_process(), "writer_id": self.writer_id},
+            shard=self.shard.to_list() if self.shard is not None else None,
+            fingerprint=self.fingerprint,
+            interval_s=settings.interval_s,
+        )
+        heartbeat = Heartbeat(self.location, beat, settings)
+        try:
+            now = heartbeat.beat_now()
+        except Exception as exc:
+            raise describe_access_error(self.config, exc, "writing this run's heartbeat object") from exc
+        closed = {w: state.closed is not None for w, state in read.states.items()}
+        try:
+            check_no_conflict(
+                self.location,
+                closed,
+                shard=self.shard,
+                lease_s=settings.lease_s,
+                open_here=lambda _writer: True,
+                me=self.writer_id,
+                now=now,
+            )
+        except BaseException:
+            heartbeat.stop(delete=True)
+            raise
+        heartbeat.start()
+        self._heartbeat = heartbeat
 
     def _init_header(
         self,
@@ -291,6 +358,8 @@ class CheckpointStore:
         }
         if overridden is not None:
             info["overrode_fingerprint"] = overridden
+        if self.shard is not None:
+            info["shard"] = self.shard.to_list()
         header = WriterHeader(
             writer_id=self.writer_id,
             fingerprint=self.fingerprint,
@@ -595,17 +664,25 @@ class CheckpointStore:
         return False if self._log is None else self._log.compact(meta=self.meta_counters())
 
     def close(self, *, remove_cache: bool = True) -> None:
-        """Write a final snapshot (marked closed), release and remove the cache; what was durable stays.
+        """Write a final snapshot (marked closed), end the lease, release and remove the cache.
 
-        A failed snapshot is only logged: the segments it would replace stay valid.
+        What was durable stays. A failed snapshot is only logged: the segments it would replace
+        stay valid (and, its heartbeats deleted, the writer is no longer live either way).
         """
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop(delete=False)
         if self._env is None and self._log is None:
+            if heartbeat is not None:
+                heartbeat.stop(delete=True)
             return
         log, self._log = self._log, None
         try:
             if log is not None and self._broken is None:
                 log.compact(closed=time.time(), meta=self.meta_counters())
         finally:
+            if heartbeat is not None:
+                heartbeat.stop(delete=True)
             self._release()
             if remove_cache:
                 for path in (self.path, Path(str(self.path) + LOCK_SUFFIX)):

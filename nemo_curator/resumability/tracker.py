@@ -26,6 +26,7 @@ from nemo_curator.tasks import FailedTask, Task
 
 if TYPE_CHECKING:
     from nemo_curator.resumability.actor import LedgerHandle
+    from nemo_curator.resumability.shard import Shard
     from nemo_curator.stages.base import ProcessingStage
 
 #: How long a close that gave up on the ledger waits for the sender thread to end.
@@ -123,16 +124,21 @@ class LedgerTracker:
         stages: list[ProcessingStage],
         *,
         allow_pipeline_change: bool = False,
+        shard: Shard | None = None,
         **options: Any,
     ) -> LedgerTracker:
         """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
+
+        With ``shard`` the run processes only the sources of that shard (see ``shard``).
 
         The actor loads the checkpoint in the background while the executor starts its workers;
         a ledger that cannot start fails the run at the tracker's next call.
         """
         from nemo_curator.resumability.actor import LedgerHandle
 
-        handle = LedgerHandle.open(checkpoint, stages, allow_fingerprint_change=allow_pipeline_change, wait=False)
+        handle = LedgerHandle.open(
+            checkpoint, stages, allow_fingerprint_change=allow_pipeline_change, wait=False, shard=shard
+        )
         return cls(handle, str(checkpoint), **options)
 
     # -- the channel --------------------------------------------------------------------

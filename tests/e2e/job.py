@@ -33,6 +33,7 @@ def build_pipeline(cfg: dict[str, Any]) -> Pipeline:
             crash_on=cfg.get("crash_on", ""),
             kill_ledger_on=cfg.get("kill_ledger_on", ""),
             checkpoint=checkpoint_path(cfg),
+            wait_for=cfg.get("wait_for", ""),
         ),
         JsonlWriter(cfg["output_dir"]),
     ]
