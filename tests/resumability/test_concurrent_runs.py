@@ -236,7 +236,7 @@ def test_a_run_in_another_ray_instance_is_refused_and_a_killed_one_is_not(ray_se
     try:
         _wait_until_running(cfg, 1, [first])
         with pytest.raises(CheckpointError, match=rf"in use by another run: run \S+ \(pid {first.pid} on "):
-            job.run(cfg)  # this process, the session's (separate) Ray instance
+            job.run({**cfg, "wait_for": ""})  # this process, the session's (separate) Ray instance; never held
         assert not os.path.exists(cfg["output_dir"]) or not os.listdir(cfg["output_dir"])
     finally:
         kill_process_tree(first.pid)
@@ -256,9 +256,11 @@ def test_two_shards_run_side_by_side_and_an_unsharded_run_is_refused(ray_session
     drivers = [_start_driver(shards[0], join_ray=False), _start_driver(shards[1], join_ray=True)]
     try:
         _wait_until_running(shards[0], 2, drivers)  # both are running at once
-        with pytest.raises(CheckpointError, match=r"in use by another run: ") as refused:
-            job.run(_cfg(tmp_path))
-        assert "shard 0 of 2" in str(refused.value) and "shard 1 of 2" in str(refused.value)
+        # A third, unsharded driver (its own Ray; never held by the gate, so were it admitted it would run through).
+        third = _start_driver(_cfg(tmp_path, wait_for=""), join_ray=False)
+        out = third.communicate(timeout=300)[0].decode(errors="replace")
+        assert third.returncode != 0 and "CheckpointError: checkpoint" in out and "in use by another run" in out, out
+        assert "shard 0 of 2" in out and "shard 1 of 2" in out
         Path(shards[0]["wait_for"]).touch()
         for proc in drivers:
             out = proc.communicate(timeout=300)[0].decode(errors="replace")
