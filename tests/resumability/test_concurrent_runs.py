@@ -236,7 +236,7 @@ def test_a_run_in_another_ray_instance_is_refused_and_a_killed_one_is_not(ray_se
     try:
         _wait_until_running(cfg, 1, [first])
         with pytest.raises(CheckpointError, match=rf"in use by another run: run \S+ \(pid {first.pid} on "):
-            job.run(cfg)  # this process, the session's (separate) Ray instance
+            job.run({**cfg, "wait_for": ""})  # this process, the session's (separate) Ray instance; never held
         assert not os.path.exists(cfg["output_dir"]) or not os.listdir(cfg["output_dir"])
     finally:
         kill_process_tree(first.pid)
@@ -253,14 +253,23 @@ def test_a_run_in_another_ray_instance_is_refused_and_a_killed_one_is_not(ray_se
 @pytest.mark.slow
 def test_two_shards_run_side_by_side_and_an_unsharded_run_is_refused(ray_session: Any, tmp_path: Path) -> None:
     shards = [_cfg(tmp_path, executor_config={"shard": [k, 2]}) for k in range(2)]
-    drivers = [_start_driver(shards[0], join_ray=False), _start_driver(shards[1], join_ray=True)]
+    drivers = [_start_driver(shards[0], join_ray=False)]  # its own Ray instance
     try:
+        _wait_until_running(shards[0], 1, drivers)  # one Ray start at a time: a loaded machine times them out
+        drivers.append(_start_driver(shards[1], join_ray=True))  # the session's Ray instance
         _wait_until_running(shards[0], 2, drivers)  # both are running at once
-        with pytest.raises(CheckpointError, match=r"in use by another run: ") as refused:
-            job.run(_cfg(tmp_path))
-        assert "shard 0 of 2" in str(refused.value) and "shard 1 of 2" in str(refused.value)
+        # A third, unsharded driver (on the session's Ray; never held by the gate: were it admitted, it would
+        # run through, or wait for the CPUs that the held shard occupies).
+        third = _start_driver(_cfg(tmp_path, wait_for=""), join_ray=True)
+        drivers.append(third)
+        try:
+            out = third.communicate(timeout=180)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            pytest.fail("an unsharded run was admitted beside two live shards (it is still running)")
+        assert third.returncode != 0 and "CheckpointError: checkpoint" in out and "in use by another run" in out, out
+        assert "shard 0 of 2" in out and "shard 1 of 2" in out
         Path(shards[0]["wait_for"]).touch()
-        for proc in drivers:
+        for proc in drivers[:2]:
             out = proc.communicate(timeout=300)[0].decode(errors="replace")
             assert proc.returncode == 0, out[-4000:]
     finally:
