@@ -40,6 +40,7 @@ from benchmarks.overhead import B1Settings, counting_executor, machine_cpu_secon
 from benchmarks.workloads import OUTPUTS_PER_SOURCE, B1Config, b1_initial_tasks, b1_pipeline
 from nemo_curator.backends.registry import make_executor
 from nemo_curator.resumability.config import CheckpointConfig
+from nemo_curator.resumability.digests import EXP_BITS, digests_of, fingerprints
 from nemo_curator.resumability.keys import source_key
 from nemo_curator.resumability.ledger import LedgerUpdate
 from nemo_curator.resumability.store import CheckpointStore
@@ -198,8 +199,14 @@ def write_completed(checkpoint: CheckpointConfig, n: int, segment: int = 100_000
     start = time.perf_counter()
     for begin in range(0, n, segment):
         ids = [rng.randbytes(16).hex() for _ in range(min(segment, n - begin))]
-        seen = [{f"{sid}_0": (1, 0)} for sid in ids]
-        store.commit(LedgerUpdate(completed=ids, completed_keys=[source_key(s) for s in ids], completed_seen=seen))
+        fps = fingerprints([f"{sid}_0" for sid in ids], [1 << EXP_BITS] * len(ids))  # credit 1
+        store.commit(
+            LedgerUpdate(
+                completed=ids,
+                completed_keys=[source_key(s) for s in ids],
+                completed_digests=digests_of(fps, [1] * len(ids)),
+            )
+        )
     return store, time.perf_counter() - start
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.utils.processes import kill_process_tree
-from tests.e2e import job
-from tests.e2e.test_kill_resume import EXECUTORS, REPO
+from tests.e2e import job, matrix
+from tests.e2e.test_kill_resume import REPO
 
 #: The driver's Ray settings that a cluster started by the user does not see.
 _DRIVER_ONLY = ("RAY_ADDRESS", "RAY_MAX_LIMIT_FROM_API_SERVER", "RAY_MAX_LIMIT_FROM_DATA_SOURCE")
@@ -106,16 +106,13 @@ def test_xenna_on_a_cluster_started_with_plain_ray_start(tmp_path: Path) -> None
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
-#: Environment variable that runs the node-loss test on every executor (a local check, about 5 minutes
-#: more). By default (and in CI) it runs on the actor pool, the one executor whose behaviour on a lost
-#: node needed a fix (it hung); xenna (fails loudly) and Ray Data (completes through retries) were
-#: verified with it and need no code of ours.
-ALL_NODE_LOSS_ENV = "NEMO_CURATOR_NODE_LOSS_ALL"
-NODE_LOSS_EXECUTORS = EXECUTORS if os.environ.get(ALL_NODE_LOSS_ENV) == "1" else ["ray_actor_pool"]
+#: The node-loss test runs on the actor pool, the one executor whose behaviour on a lost node needed
+#: a fix (it hung); xenna (fails loudly) and Ray Data (completes through retries) were verified with
+#: it and need no code of ours: NEMO_CURATOR_E2E_ALL=1 runs them too (tests/e2e/matrix.py).
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", NODE_LOSS_EXECUTORS)
+@pytest.mark.parametrize("executor", matrix.executors_beyond_fastest())
 def test_worker_node_lost_mid_run_then_resume_is_exact(tmp_path: Path, executor: str) -> None:
     """Two nodes; the worker node is removed a third of the way in; the resume equals an uninterrupted run."""
     cfg = {"executor": executor, "base_dir": str(tmp_path), "files": 6, "docs": 6, "slow_s": 0.15}

@@ -19,7 +19,7 @@ from nemo_curator.backends import registry
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.stages.text.io.temp_files import writer_identity
 from nemo_curator.utils.processes import kill_process_tree
-from tests.e2e import job
+from tests.e2e import job, matrix
 
 REPO = Path(__file__).resolve().parents[2]
 EXECUTORS = list(registry.EXECUTORS)
@@ -86,9 +86,17 @@ def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 2
     return proc.pid
 
 
+#: Midway on every executor; the early and late kills (what the shared ledger holds at the kill)
+#: on the fastest one, all of them with NEMO_CURATOR_E2E_ALL=1 (tests/e2e/matrix.py).
+KILL_CASES = [pytest.param(e, "midway", id=f"midway-{e}") for e in EXECUTORS] + [
+    pytest.param(p.values[0], point, id=f"{point}-{p.values[0]}", marks=p.marks)
+    for point in ("early", "late")
+    for p in matrix.executors_beyond_fastest()
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", EXECUTORS)
-@pytest.mark.parametrize("point", ["early", "midway", "late"])
+@pytest.mark.parametrize(("executor", "point"), KILL_CASES)
 def test_sigkill_then_resume_gives_exact_output(ray_session, tmp_path: Path, executor: str, point: str) -> None:
     cfg = make_cfg(tmp_path, executor)
     total_outputs = FILES * OUTPUTS_PER_SOURCE
@@ -172,7 +180,7 @@ def test_inputs_changed_between_runs(ray_session, tmp_path: Path, executor: str)
     assert "new-0" in job.written_records(cfg["output_dir"])
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("executor", matrix.executors_beyond_fastest())  # refused before any backend runs
 def test_changed_pipeline_is_refused(ray_session, tmp_path: Path, executor: str) -> None:
     from nemo_curator.resumability.checkpoint import FingerprintMismatchError
 
