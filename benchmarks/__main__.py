@@ -5,7 +5,9 @@ curve and a variant that passes the sources to ``pipeline.run`` as initial tasks
 (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput, start-up load,
 memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per run, from the
 overhead section's checkpointed runs), ``remote`` (the checkpoint on a local S3 server against local
-disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``).
+disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``), ``upstream``
+(upstream NeMo Curator's own workload on a cluster started beforehand, side by side with upstream
+when ``--peer-python`` names its environment; ``benchmarks.upstream``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -42,7 +44,7 @@ from benchmarks.report import render, write_json
 from nemo_curator.backends import registry
 
 EXECUTORS = tuple(registry.EXECUTORS)
-SECTIONS = ("overhead", "resume", "ledger", "messages", "remote")
+SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "upstream")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
 FULL = {
@@ -57,6 +59,8 @@ FULL = {
     "kill_by": ["time", "outputs"],
     "warmup_sources": 200,
     "child_warmup_sources": 100,
+    "upstream_sources": 400,
+    "upstream_reps": 5,
 }
 QUICK = {
     "sources": 200,
@@ -68,6 +72,8 @@ QUICK = {
     "kill_by": ["outputs"],
     "warmup_sources": 0,
     "child_warmup_sources": 0,
+    "upstream_sources": 30,
+    "upstream_reps": 1,
 }
 
 
@@ -104,6 +110,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink-fsync", action="store_true", help="fsync every sink file before the rename")
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the benchmark's local Ray")
     p.add_argument("--results-md", type=Path, help="also write the markdown tables to this file")
+    p.add_argument("--upstream-sources", type=int, help="sources of upstream's workload (its issue: 400)")
+    p.add_argument("--upstream-reps", type=int, help="alternating pairs of upstream's workload per executor")
+    p.add_argument(
+        "--peer-python",
+        default=os.environ.get("NEMO_CURATOR_PEER_PYTHON"),
+        help="python of upstream NeMo Curator's environment (../shared/peer/README.md): runs upstream side by side",
+    )
+    p.add_argument("--upstream-num-cpus", type=int, default=2, help="CPUs of the cluster started beforehand")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key, value in sizes.items():
@@ -216,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             "kill_points": args.kill_points,
             "kill_by": args.kill_by,
             "child_warmup_sources": args.child_warmup_sources,
+            "upstream_sources": args.upstream_sources,
+            "upstream_reps": args.upstream_reps,
             "batch_size": settings.batch_size,
             "sink_fsync": settings.fsync,
             "work_ms": settings.work_ms,
@@ -225,8 +241,26 @@ def main(argv: list[str] | None = None) -> int:
         "ledger": {},
         "messages": {},
         "remote": {},
+        "upstream": {},
     }
     failed = False
+    if "upstream" in args.sections:  # before the suite's own Ray: its runs join clusters of their own
+        from benchmarks.upstream import run_upstream_benchmark
+
+        logger.info("upstream workload: {} sources, {} pairs", args.upstream_sources, args.upstream_reps)
+        try:
+            summary["upstream"] = run_upstream_benchmark(
+                args.executors,
+                args.upstream_sources,
+                args.upstream_reps,
+                work_root / "upstream",
+                num_cpus=args.upstream_num_cpus,
+                peer_python=args.peer_python,
+            )
+        except Exception as exc:
+            failed = True
+            summary["upstream"] = _error(exc)
+        write_json(summary, out)
     needs_ray = {"overhead", "resume", "remote"} & set(args.sections)
     if needs_ray:
         from nemo_curator.backends.ray_runtime import start_local_ray

@@ -218,6 +218,13 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
         from benchmarks.remote import markdown_lines
 
         lines += markdown_lines(summary["remote"])
+    if summary.get("upstream"):
+        if "error" in summary["upstream"]:
+            lines += ["## Upstream's workload, side by side", "", f"error: {summary['upstream']['error']}", ""]
+        else:
+            from benchmarks.upstream import markdown_lines as upstream_lines
+
+            lines += upstream_lines(summary["upstream"])
     plots = summary.get("plots", {})
     lines += ["## Plots", ""]
     if plots_note:

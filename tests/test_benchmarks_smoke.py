@@ -89,6 +89,15 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
     assert all(_is_number(remote["load"][m]["open_from_snapshot_s"]) for m in ("local", "s3")), remote["load"]
     assert all(_is_number(o["s3_over_local"]["median"]) for o in remote["overhead"].values()), remote["overhead"]
 
+    upstream = summary["upstream"]  # benchmarks.upstream: upstream's workload on a cluster started beforehand
+    for executor in EXECUTORS:
+        ours = upstream["executors"][executor]["ours"]
+        assert len(ours["runs"]) == 2 * summary["meta"]["upstream_reps"]
+        assert all(r["files"] == 2 * upstream["sources"] for r in ours["runs"]), ours["runs"]
+        assert all(r["completed_sources"] == upstream["sources"] for r in ours["runs"] if r["checkpoint"])
+        assert _is_number(ours["ratio"]["median"]) and ours["ratio"]["median"] > 0
+        assert _is_number(ours["first_work_delta_s"]), ours
+
     table = (out / "summary.md").read_text()
     for heading in (
         "Checkpoint overhead",
@@ -97,6 +106,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         "Ledger",
         "Messages to the ledger",
         "Checkpoint on object storage",
+        "Upstream's workload, side by side",
     ):
         assert heading in table
     for executor in EXECUTORS:
