@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_curator.backends.ray_data import RayDataExecutor
-from nemo_curator.backends.ray_data.adapter import decode_tasks, encode_tasks
+from nemo_curator.backends.ray_data.adapter import decode_tasks, encode_tasks, pack_sizes
 from nemo_curator.backends.ray_data.executor import place_stages
 from nemo_curator.backends.stage_adapter import StageError, source_id_for
 from nemo_curator.pipeline import Pipeline
@@ -43,6 +43,7 @@ from tests.stages import (
     FailOn,
     FanOut,
     FixedSourceFilter,
+    MultiplyInBatches,
     NumberTask,
     OffsetAfterSetup,
     ReturnsText,
@@ -108,14 +109,43 @@ def test_task_column_round_trips_payloads_sentinels_and_lineage() -> None:
     assert back[2].task_id == "t3_f" and back[2]._lineage == {"s1": Credit.make(1, 2)}
     assert (back[3].reason, back[3].stage_name, back[3]._lineage) == ("ValueError: x", "st", {"s2": Credit.one()})
     assert decode_tasks(encode_tasks([])) == []
-    packed = encode_tasks([frame, none, failed], pack=True)
-    assert packed.num_rows == 1
+    packed = encode_tasks([frame, none, failed], [2, 1])
+    assert packed.num_rows == 2
     assert [(type(t), t.task_id, t._lineage) for t in decode_tasks(packed)] == [
         (DocumentBatch, "t1", frame._lineage),
         (NoneTask, "t3_f", none._lineage),
         (FailedTask, failed.task_id, failed._lineage),
     ]
-    assert encode_tasks([], pack=True).num_rows == 0
+    assert encode_tasks([], []).num_rows == 0
+
+
+@given(
+    n=st.integers(0, 500),
+    inputs=st.integers(1, 50),
+    spread=st.integers(1, 64),
+    max_tasks=st.integers(1, 100),
+)
+def test_pack_sizes_bound_packs_keep_order_and_spread_what_a_call_multiplied(
+    n: int, inputs: int, spread: int, max_tasks: int
+) -> None:
+    sizes = pack_sizes(n, inputs, spread, max_tasks)
+    assert sum(sizes) == n
+    assert all(1 <= size <= max_tasks for size in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    # What a call multiplied spreads over the next stage's workers (up to ``spread`` packs) ...
+    assert len(sizes) >= min(n, spread, -(-n // inputs))
+    # ... and no call splits its tasks finer than that or than ``max_tasks`` forces.
+    assert len(sizes) == min(n, max(-(-n // max_tasks), min(spread, -(-n // inputs))))
+
+
+def test_batch_stages_get_batches_of_their_size_from_packs(ray_session) -> None:
+    """Several packs per call still reach ``process_batch`` in batches of at most ``batch_size``, mostly full."""
+    stages = [EmitNumbers(count=37), FanOut(n=3, factor=3, keep=2), MultiplyInBatches(batch_size=5)]
+    outputs = Pipeline(name="batches", stages=stages).run(RayDataExecutor(config={"max_tasks_per_block": 3}))
+    assert sorted(t.data for t in outputs) == sorted(2 * v for v in range(37 * 3) if v % 3 != 2)
+    lengths = [t._metadata["batch_len"] for t in outputs]
+    assert max(lengths) == 5, lengths
+    assert sum(1 for n in lengths if n == 5) >= len(lengths) // 2, lengths
 
 
 class _TaskStage(ProcessingStage[Task, Task]):
@@ -208,6 +238,8 @@ def test_unknown_config_keys_are_rejected() -> None:
         RayDataExecutor(config={"actor_exit_timeout_s": -1})
     with pytest.raises(ValueError, match="target_max_block_size"):
         RayDataExecutor(config={"target_max_block_size": 0})
+    with pytest.raises(ValueError, match="max_tasks_per_block"):
+        RayDataExecutor(config={"max_tasks_per_block": 0})
 
 
 def test_runs_are_quiet_by_default_and_leave_the_users_data_context_alone() -> None:

@@ -1,26 +1,35 @@
-"""The ``map_batches`` callables of the Ray Data executor and the task column they exchange.
+"""The ``map_batches`` callables of the Ray Data executor and the packs of tasks they exchange.
 
-Tasks travel through the dataset as rows of one column, ``task``, each holding one task
-pickled by the framework (``large_binary``). Encoding the objects ourselves keeps Ray Data
-from trying (and failing, with a warning per block) to convert arbitrary Python objects to
-Arrow, and makes the column type independent of the tasks' contents: pandas or pyarrow
-payloads, sentinels, lineage and task ids all round-trip unchanged.
+Tasks travel through the dataset in *packs*: each row of the dataset's one column, ``tasks``,
+is a list of tasks, each pickled by the framework (``large_list<large_binary>``). Encoding the
+objects ourselves keeps Ray Data from trying (and failing, with a warning per block) to convert
+arbitrary Python objects to Arrow, and makes the column type independent of the tasks'
+contents: pandas or pyarrow payloads, sentinels, lineage and task ids all round-trip unchanged.
 
-The last stage's outputs of one call travel packed, as one row of the column ``tasks`` holding
-the whole pickled list: only the driver consumes them, so one row per task would buy no
-parallelism, and every block costs the driver's scheduling loop and delays the blocks queued
-behind it on their way to the driver (and, with a checkpoint, to the ledger).
+Why packs: Ray Data's cost is per row it batches and per block it schedules, not per byte
+(measured on 2 CPUs: a map task per block costs tens of milliseconds of the driver's
+scheduling loop, and batching a block row by row about as much per row). A call's outputs are
+packed into ``pack_sizes`` rows: as few as possible, but as many as the call multiplied its
+tasks (up to ``spread``, twice the cluster's CPUs), so that what a source or a fan-out made
+still spreads over the workers of the next stage; and never more than ``max_tasks``
+tasks in a pack, so that a pack's tasks are not held up for long by each other, on the way to
+the next stage or (for the last stage) to the driver and the checkpoint. With the executor's
+default block size every row is a block of its own.
 
-Every callable does the same thing and nothing more: decode the batch, hand the list to
-``StageAdapter.process_batch`` and encode the list it returns, unchanged and in order
-(sentinels included). Only the adapter calls user code; fan-out and filtering change the
-number of rows, which ``map_batches`` allows.
+The last stage's outputs of one call travel as one pack: only the driver consumes them, so
+more rows would buy no parallelism.
+
+Every callable does the same thing and nothing more: decode the batch, hand the tasks to
+``StageAdapter.process_batch`` in chunks of the stage's ``batch_size`` and encode the list it
+returns, unchanged and in order (sentinels included). Only the adapter calls user code;
+fan-out and filtering change the number of tasks, which ``map_batches`` allows.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -32,44 +41,94 @@ from nemo_curator.tasks import Task
 if TYPE_CHECKING:
     import ray.data
 
-#: The dataset's only column.
-TASK_COLUMN = "task"
-#: The last stage's column: each row is one call's outputs, pickled together as a list.
-PACK_COLUMN = "tasks"
+#: The dataset's only column: each row is a pack of pickled tasks.
+TASKS_COLUMN = "tasks"
 #: 64-bit offsets: one block of large payloads may exceed 2 GiB.
-_COLUMN_TYPE = pa.large_binary()
+_COLUMN_TYPE = pa.large_list(pa.large_binary())
 
 
-def encode_tasks(tasks: list[Task], pack: bool = False) -> pa.Table:
-    """One row per task, in order; with ``pack``, one row (of ``PACK_COLUMN``) for the whole list."""
+def pack_sizes(n: int, inputs: int, spread: int, max_tasks: int) -> list[int]:
+    """How many of the ``n`` outputs of a call on ``inputs`` tasks go in each pack, in order.
+
+    Invariants: the sizes sum to ``n``; every pack holds at least one and at most ``max_tasks``
+    tasks; sizes differ by at most one (no straggler pack); a call that multiplies its tasks
+    (a fan-out, a source) makes at least ``min(spread, n / inputs)`` packs, so that what one
+    input became can spread over that many workers of the next stage, while a call that does
+    not (a 1:1 map, a filter) keeps its input's packs whole.
+    """
+    if n <= 0:
+        return []
+    growth = -(-n // max(inputs, 1))
+    packs = min(n, max(-(-n // max(max_tasks, 1)), min(max(spread, 1), growth)))
+    base, extra = divmod(n, packs)
+    return [base + 1] * extra + [base] * (packs - extra)
+
+
+def encode_tasks(tasks: list[Task], sizes: list[int] | None = None) -> pa.Table:
+    """The tasks in order, one pack (row) per entry of ``sizes`` (default: one task per pack)."""
     from ray import cloudpickle  # by value for classes defined in ``__main__``
 
-    if pack:
-        blobs = [cloudpickle.dumps(tasks, protocol=pickle.HIGHEST_PROTOCOL)] if tasks else []
-        return pa.table({PACK_COLUMN: pa.array(blobs, type=_COLUMN_TYPE)})
     blobs = [cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL) for task in tasks]
-    return pa.table({TASK_COLUMN: pa.array(blobs, type=_COLUMN_TYPE)})
+    if sizes is None:
+        rows = [[blob] for blob in blobs]
+    else:
+        assert sum(sizes) == len(blobs), (sizes, len(blobs))
+        rows, at = [], 0
+        for size in sizes:
+            rows.append(blobs[at : at + size])
+            at += size
+    return pa.table({TASKS_COLUMN: pa.array(rows, type=_COLUMN_TYPE)})
 
 
 def decode_tasks(batch: pa.Table) -> list[Task]:
-    """The tasks of a batch (or block) made by :func:`encode_tasks`, in row order, packs unpacked."""
-    if PACK_COLUMN in batch.column_names:
-        return [task for blob in batch.column(PACK_COLUMN).to_pylist() for task in pickle.loads(blob)]
-    return [pickle.loads(blob) for blob in batch.column(TASK_COLUMN).to_pylist()]
+    """The tasks of a batch (or block) made by :func:`encode_tasks`, in order, packs unpacked."""
+    return [pickle.loads(blob) for row in batch.column(TASKS_COLUMN).to_pylist() for blob in row]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How one stage's callable batches its input and packs its output.
+
+    ``batch_size``: tasks per ``process_batch`` call (the stage's own ``batch_size``).
+    ``spread`` and ``max_tasks``: see :func:`pack_sizes`. ``last``: the last stage, whose
+    outputs of one call leave as one pack.
+    """
+
+    batch_size: int = 1
+    spread: int = 1
+    max_tasks: int = 1
+    last: bool = False
+
+    def sizes(self, n: int, inputs: int) -> list[int]:
+        if self.last:
+            return [n] if n else []
+        return pack_sizes(n, inputs, self.spread, self.max_tasks)
+
+
+def _run_stage(adapter: StageAdapter, packing: Packing, batch: pa.Table) -> pa.Table:
+    tasks = decode_tasks(batch)
+    # Only a stage with its own ``process_batch`` sees batches; the adapter hands the others
+    # their tasks one by one anyway (and a source stage filters a whole call at once).
+    step = packing.batch_size if adapter.stage.overrides_process_batch() else len(tasks)
+    if len(tasks) <= step:
+        outputs = adapter.process_batch(tasks)
+    else:
+        outputs = [out for at in range(0, len(tasks), step) for out in adapter.process_batch(tasks[at : at + step])]
+    return encode_tasks(outputs, packing.sizes(len(outputs), len(tasks)))
 
 
 class StageBatchFn:
     """``map_batches`` callable for stages without ``setup``/``teardown`` (run as Ray tasks).
 
-    ``pack`` (the last stage): each call's outputs leave as one packed row.
+    ``packing``: how it batches its input and packs its output (see :class:`Packing`).
     """
 
-    def __init__(self, adapter: StageAdapter, pack: bool = False) -> None:
+    def __init__(self, adapter: StageAdapter, packing: Packing) -> None:
         self._adapter = adapter
-        self._pack = pack
+        self._packing = packing
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return encode_tasks(self._adapter.process_batch(decode_tasks(batch)), pack=self._pack)
+        return _run_stage(self._adapter, self._packing, batch)
 
 
 class StageActor:
@@ -84,13 +143,13 @@ class StageActor:
     (``ActorDiedError``). The adapter's ``StageError`` is kept and raised by every batch the
     actor receives instead, so the run fails with the error object itself.
 
-    The adapter (and ``pack_outputs``, true for the last stage) are class attributes of a
-    per-stage subclass (see :func:`stage_actor_class`), so they travel with the class
-    definition rather than as constructor arguments.
+    The adapter and its ``packing`` are class attributes of a per-stage subclass (see
+    :func:`stage_actor_class`), so they travel with the class definition rather than as
+    constructor arguments.
     """
 
     adapter_template: StageAdapter
-    pack_outputs: bool = False
+    packing: Packing = Packing()
 
     def __init__(self) -> None:
         self._adapter = self.adapter_template
@@ -106,7 +165,7 @@ class StageActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self._setup_error is not None:
             raise self._setup_error
-        return encode_tasks(self._adapter.process_batch(decode_tasks(batch)), pack=self.pack_outputs)
+        return _run_stage(self._adapter, self.packing, batch)
 
     def __del__(self) -> None:
         if not getattr(self, "_set_up", False):
@@ -118,16 +177,16 @@ class StageActor:
             logger.warning("teardown of stage {!r} failed: {}", self._adapter.stage.name, exc)
 
 
-def stage_batch_fn(adapter: StageAdapter, pack: bool = False) -> StageBatchFn:
+def stage_batch_fn(adapter: StageAdapter, packing: Packing) -> StageBatchFn:
     """The task callable of one stage; its class is named after the stage (Ray Data's operator name)."""
     cls = type(adapter.stage.name, (StageBatchFn,), {"__qualname__": adapter.stage.name})
-    return cls(adapter, pack)
+    return cls(adapter, packing)
 
 
-def stage_actor_class(adapter: StageAdapter, pack: bool = False) -> type[StageActor]:
+def stage_actor_class(adapter: StageAdapter, packing: Packing) -> type[StageActor]:
     """The actor class of one stage, named after the stage and carrying its adapter."""
     name = adapter.stage.name
-    attributes = {"__qualname__": name, "adapter_template": adapter, "pack_outputs": pack}
+    attributes = {"__qualname__": name, "adapter_template": adapter, "packing": packing}
     return type(name, (StageActor,), attributes)
 
 
@@ -139,7 +198,7 @@ def setup_on_node(adapter: StageAdapter) -> None:
 def iter_task_batches(dataset: ray.data.Dataset) -> Iterator[list[Task]]:
     """Stream the dataset's output to the driver, one list of tasks per block, as blocks finish.
 
-    Empty blocks (a stage that filtered everything) are skipped; packed rows are unpacked.
+    Empty blocks (a stage that filtered everything) are skipped; packs are unpacked.
     No prefetching: with Ray's default of one batch ahead, a finished block reached the driver
     only once the next one had, so each report lagged by a block's processing time (and the
     run is no faster with it).

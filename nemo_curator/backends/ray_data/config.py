@@ -19,6 +19,7 @@ class RayDataSettings(ExecutorSettings):
     preserve_order: bool = False
     actor_exit_timeout_s: float = 30.0
     target_max_block_size: int = 1
+    max_tasks_per_block: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "actor_pool_size", _pool_size(self.actor_pool_size))
@@ -29,6 +30,9 @@ class RayDataSettings(ExecutorSettings):
         block = self.target_max_block_size
         if not isinstance(block, int) or isinstance(block, bool) or block < 1:
             raise ValueError(f"RayDataExecutor: target_max_block_size must be an int >= 1 (bytes), got {block!r}")
+        most = self.max_tasks_per_block
+        if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+            raise ValueError(f"RayDataExecutor: max_tasks_per_block must be an int >= 1, got {most!r}")
         object.__setattr__(self, "show_progress", bool(self.show_progress))
         object.__setattr__(self, "preserve_order", bool(self.preserve_order))
 

@@ -1,9 +1,10 @@
 """``RayDataExecutor``: a pipeline as one streaming Ray Data dataset, one ``map_batches`` per stage.
 
-The initial tasks become a dataset with a single column of pickled tasks (see ``adapter``).
-Every stage appends one ``map_batches``: stages without ``setup``/``teardown`` run as Ray
-tasks, stages with them on an actor pool whose actors run ``setup`` once; by default every
-task travels in a block of its own, and the last stage's outputs of one call in one packed row.
+The initial tasks become a dataset with a single column of packs of pickled tasks (see
+``adapter``). Every stage appends one ``map_batches``: stages without ``setup``/``teardown``
+run as Ray tasks, stages with them on an actor pool whose actors run ``setup`` once; by
+default every pack travels in a block of its own, and the last stage's outputs of one call in
+one pack.
 The driver pulls the last stage's output blocks with a streaming iterator as they finish;
 nothing is materialised stage by stage, so the first outputs (and, with a checkpoint, the
 first completion reports) arrive while earlier stages are still working.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import itertools
 import logging
 import os
 import time
@@ -31,8 +33,10 @@ from loguru import logger
 from nemo_curator.backends.base import BaseExecutor, CompletionTracker, ExecutionPlan
 from nemo_curator.backends.errors import error_to_raise
 from nemo_curator.backends.ray_data.adapter import (
+    Packing,
     encode_tasks,
     iter_task_batches,
+    pack_sizes,
     setup_on_node,
     stage_actor_class,
     stage_batch_fn,
@@ -137,18 +141,27 @@ class RayDataExecutor(BaseExecutor):
       completion order (ids are deterministic either way).
     - ``actor_exit_timeout_s`` (float, default 30): how long the end of a run waits for the
       actors of its pools to exit.
+    - ``max_tasks_per_block`` (int, default 32): the most tasks that travel together in one
+      pack (one row, and one block by default; see the adapter). A call's outputs take as few
+      packs as that allows, but as many as the call multiplied its tasks, up to twice the
+      cluster's CPUs, so a source's or a fan-out's outputs still spread over the next stage's
+      workers. Larger packs mean fewer Ray tasks, each costing tens of milliseconds of Ray
+      Data's scheduling on a small machine; smaller ones mean finer streaming: a pack moves on,
+      and the last stage's outputs reach the driver (and the checkpoint), only once all its
+      tasks are done, so a kill redoes at most the packs in flight. ``1`` sends every task on
+      its own (measurements in the benchmarks' RESULTS).
     - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
-      default puts every task in a block of its own (see Dataflow). Pipelines of many small
-      tasks in batches run several times faster with Ray's usual size (``128 * 1024**2``;
-      measurements in the benchmarks' RESULTS). The price is coarser
-      streaming: a block moves on, and its outputs reach the driver (and the checkpoint), only
-      once its whole task has finished, and a fan-out's children stay in their parent's block.
+      default makes every pack a block of its own, so packs spread over parallel workers.
+      Larger blocks gather several packs into one Ray task: faster still when the work per
+      task is small (upstream's workload: 3 times), but one call's outputs then run one after
+      the other in the next stage, on one worker.
 
-    Dataflow: by default every task travels in a Ray Data block of its own, so a fan-out's
-    children spread over parallel workers and each finished task moves on at once. The last
-    stage's outputs of one call travel as one packed row: the driver is their only consumer.
-    Every stage is an operator of its own (Ray Data is kept from fusing adjacent stages, see
-    :func:`place_stages`), with its own workers and resources.
+    Dataflow: tasks travel in packs (see ``max_tasks_per_block``), by default one pack per
+    Ray Data block. The last stage's outputs of one call travel as one pack: the driver is
+    their only consumer. A batch stage's callable gets ``batch_size`` packs per call and hands
+    them to ``process_batch`` in batches of ``batch_size`` tasks. Every stage is an operator of
+    its own (Ray Data is kept from fusing adjacent stages, see :func:`place_stages`), with its
+    own workers and resources.
 
     Workers: stages without ``setup``/``teardown`` run as Ray tasks; the others on an actor
     pool (``setup`` once per actor, ``teardown`` when Ray Data releases the actor, best effort).
@@ -239,14 +252,22 @@ class RayDataExecutor(BaseExecutor):
     ) -> ray.data.Dataset:
         import ray.data
 
-        # One block per initial task, so that several initial tasks start in parallel.
-        dataset = ray.data.from_arrow([encode_tasks([task]) for task in initial_tasks])
+        spread = max(2 * int(ray.cluster_resources().get("CPU", 1)), 1)
+        max_tasks = self.settings.max_tasks_per_block
+        # The initial tasks in packs like any stage's outputs, one block each: they start in parallel.
+        sizes = pack_sizes(len(initial_tasks), 1, spread, max_tasks)
+        starts = itertools.accumulate(sizes, initial=0)
+        tables = [encode_tasks(initial_tasks[at : at + size], [size]) for at, size in zip(starts, sizes, strict=False)]
+        dataset = ray.data.from_arrow(tables or [encode_tasks([])])
         last = len(plan.stages) - 1
         for index, (stage, placement) in enumerate(zip(plan.stages, placements, strict=True)):
             adapter = plan.adapter(index, tracker)
-            pack = index == last  # the driver is the only consumer: one row per call
+            batch_size = _batch_size(stage)
+            packing = Packing(batch_size=batch_size, spread=spread, max_tasks=max_tasks, last=index == last)
             options: dict[str, Any] = {
-                "batch_size": _batch_size(stage),
+                # Rows are packs: a batch stage gets ``batch_size`` packs per call, so that every
+                # ``process_batch`` call but a run's last ones gets a full batch.
+                "batch_size": batch_size,
                 "batch_format": "pyarrow",
                 "zero_copy_batch": True,
                 "num_cpus": placement.num_cpus,
@@ -254,7 +275,7 @@ class RayDataExecutor(BaseExecutor):
             if placement.num_gpus:
                 options["num_gpus"] = placement.num_gpus
             if placement.actors is None:
-                dataset = dataset.map_batches(stage_batch_fn(adapter, pack), **options)
+                dataset = dataset.map_batches(stage_batch_fn(adapter, packing), **options)
             else:
                 low, high = placement.actors
                 pool = (
@@ -262,7 +283,7 @@ class RayDataExecutor(BaseExecutor):
                     if low == high
                     else ray.data.ActorPoolStrategy(min_size=low, max_size=high)
                 )
-                dataset = dataset.map_batches(stage_actor_class(adapter, pack), compute=pool, **options)
+                dataset = dataset.map_batches(stage_actor_class(adapter, packing), compute=pool, **options)
         return dataset
 
     def _setup_on_nodes(self, plan: ExecutionPlan, tracker: CompletionTracker) -> None:
@@ -298,10 +319,9 @@ class RayDataExecutor(BaseExecutor):
         ctx.enable_operator_progress_bars = show
         ctx.print_on_execution_start = show
         ctx.enable_auto_log_stats = False
-        # By default every task in a block of its own: a fan-out's children spread over parallel
-        # workers, and each finished task streams on at once (the granularity of the other
-        # executors). Every block costs the driver's scheduling loop, so many small tasks run
-        # faster with larger blocks (``target_max_block_size`` in the config).
+        # By default every pack of tasks in a block of its own: packs spread over parallel
+        # workers and each finished pack streams on at once. Every block costs the driver's
+        # scheduling loop; larger blocks trade parallelism for fewer of them.
         ctx.target_max_block_size = self.settings.target_max_block_size
         # The adapter's StageError must reach the driver as such, and an application error
         # must fail the run: no retries, no skipped blocks.
