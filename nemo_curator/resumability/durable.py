@@ -202,9 +202,10 @@ def read_checkpoint(
         header = decoded[needed[0].path]
         assert isinstance(header, WriterHeader)
         headers[writer_id] = header
-        snaps = [(n, decoded[n.path]) for n in needed if n.kind == "snap"]
-        segs = [(n, decoded[n.path]) for n in needed if n.kind == "seg"]
-        states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)  # type: ignore[arg-type]
+        snaps = [(n, decoded.pop(n.path, None)) for n in needed if n.kind == "snap"]
+        # Popped as they are folded, so each segment's keys are freed once applied.
+        segs = ((n, decoded.pop(n.path, None)) for n in needed if n.kind == "seg")
+        states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)
         states[writer_id].stamp = max(states[writer_id].stamp, header.start_stamp)
     if unexpected:
         logger.warning(

@@ -101,7 +101,8 @@ def fold_writer(
 ) -> WriterState:
     """The state of one writer from its newest snapshot and the segments after it (see the module docstring).
 
-    The newest snapshot is not modified.
+    The newest snapshot is not modified. Segments are dropped from the fold as they are applied:
+    given as an iterator that holds no other reference, each one's memory is freed right away.
     """
     best: tuple[ObjectName, WriterState] | None = None
     for name, snap in snapshots:
@@ -110,7 +111,10 @@ def fold_writer(
     state = copy_state(best[1]) if best is not None else WriterState(writer_id)
     upto = state.upto
     seen: set[str] = set()
-    for name, seg in sorted(segments, key=lambda item: (item[0].number, item[0].nonce)):
+    ordered = sorted(segments, key=lambda item: (item[0].number, item[0].nonce))
+    ordered.reverse()
+    while ordered:
+        name, seg = ordered.pop()
         if name.number <= upto or name.path in seen:
             continue
         seen.add(name.path)
