@@ -99,7 +99,7 @@ def packed_source_keys(source_ids: Sequence[str]) -> bytes | None:
     character fails it, so neither passes for a canonical batch.
     """
     n = len(source_ids)
-    if any(len(s) != 32 for s in source_ids):
+    if n and set(map(len, source_ids)) != {32}:
         return None
     text = "".join(source_ids)
     if not text.isascii() or any(c in text for c in "ABCDEF"):

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_curator.resumability import records
+from nemo_curator.resumability import keyset, records
 from nemo_curator.resumability.digests import EXP_BITS, digests_of, fingerprints
 from nemo_curator.resumability.durable import read_checkpoint, read_writers
 from nemo_curator.resumability.keys import packed_source_keys, source_key
@@ -73,6 +73,7 @@ def test_a_table_is_sorted_unique_and_keeps_the_largest_stamp(rows: list[tuple[b
     probes = data.draw(st.lists(st.one_of(shared_h, random16), max_size=20)) + list(expected)
     ph, plo = split_packed(b"".join(probes))
     rows_found = table.find(ph, plo)
+    table._build_filter()
     for probe, row in zip(probes, rows_found.tolist(), strict=True):
         assert (row >= 0) == (probe in expected)
         assert table.find_one(*key_row(probe)) == row
@@ -90,10 +91,18 @@ ops = st.lists(
 
 
 @budget(300)
-@given(key_pools(), key_pools(), ops)
+@given(key_pools(), key_pools(), ops, st.sampled_from([1, keyset.FILTER_AFTER]))
 def test_a_key_set_is_exactly_a_python_set_under_adds_revocations_and_merges(
-    initial: list[bytes], pool: list[bytes], steps: list[tuple[str, int]]
+    initial: list[bytes], pool: list[bytes], steps: list[tuple[str, int]], filter_after: int
 ) -> None:
+    saved, keyset.FILTER_AFTER = keyset.FILTER_AFTER, filter_after  # 1: every lookup goes through the filter
+    try:
+        _check_key_set_against_a_set(initial, pool, steps)
+    finally:
+        keyset.FILTER_AFTER = saved
+
+
+def _check_key_set_against_a_set(initial: list[bytes], pool: list[bytes], steps: list[tuple[str, int]]) -> None:
     pool = pool + initial
     ks, model = KeySet(initial + initial[:3]), set(initial)  # duplicates given are one key
     for op, pick in steps:
