@@ -5,7 +5,9 @@ curve and a variant that passes the sources to ``pipeline.run`` as initial tasks
 (SIGKILL mid-run, resume, count redone outputs), ``ledger`` (report throughput, start-up load,
 memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls per run, from the
 overhead section's checkpointed runs), ``remote`` (the checkpoint on a local S3 server against local
-disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``).
+disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``), ``scale`` (a
+checkpoint of ``--scale-sources`` completed sources, 10,000,000 by default: start-up, resident
+memory, lookup of as many ids; ``benchmarks.scale``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -42,7 +44,7 @@ from benchmarks.report import render, write_json
 from nemo_curator.backends import registry
 
 EXECUTORS = tuple(registry.EXECUTORS)
-SECTIONS = ("overhead", "resume", "ledger", "messages", "remote")
+SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "scale")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
 FULL = {
@@ -57,6 +59,7 @@ FULL = {
     "kill_by": ["time", "outputs"],
     "warmup_sources": 200,
     "child_warmup_sources": 100,
+    "scale_sources": 10_000_000,
 }
 QUICK = {
     "sources": 200,
@@ -68,6 +71,7 @@ QUICK = {
     "kill_by": ["outputs"],
     "warmup_sources": 0,
     "child_warmup_sources": 0,
+    "scale_sources": 200_000,
 }
 
 
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink-fsync", action="store_true", help="fsync every sink file before the rename")
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the benchmark's local Ray")
     p.add_argument("--results-md", type=Path, help="also write the markdown tables to this file")
+    p.add_argument("--scale-sources", type=int, help="completed sources of the scale section (quick: 200,000)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key, value in sizes.items():
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "kill_points": args.kill_points,
             "kill_by": args.kill_by,
             "child_warmup_sources": args.child_warmup_sources,
+            "scale_sources": args.scale_sources,
             "batch_size": settings.batch_size,
             "sink_fsync": settings.fsync,
             "work_ms": settings.work_ms,
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "ledger": {},
         "messages": {},
         "remote": {},
+        "scale": {},
     }
     failed = False
     needs_ray = {"overhead", "resume", "remote"} & set(args.sections)
@@ -322,6 +329,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             failed = True
             summary["ledger"] = _error(exc)
+        write_json(summary, out)
+    if "scale" in args.sections:  # no Ray: a fresh process opens the checkpoint (benchmarks.scale)
+        from benchmarks.scale import run_scale_benchmark
+
+        logger.info("scale: a checkpoint of {:,} completed sources", args.scale_sources)
+        try:
+            summary["scale"] = run_scale_benchmark(args.scale_sources, work_root / "scale")
+            snap, segs = summary["scale"]["from_snapshot"], summary["scale"]["from_segments"]
+            logger.info(
+                "scale: start-up {:.1f} s (segments {:.1f} s), {:,.0f} MB, lookup {:.1f} s",
+                snap["startup_s"],
+                segs["startup_s"],
+                snap["rss_delta_bytes"] / 1e6,
+                snap["lookup_s"],
+            )
+        except Exception as exc:
+            failed = True
+            summary["scale"] = _error(exc)
     shutil.rmtree(work_root, ignore_errors=True)
     finish(summary, out, args.results_md)
     logger.info("results in {}", out)

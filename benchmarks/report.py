@@ -218,6 +218,10 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
         from benchmarks.remote import markdown_lines
 
         lines += markdown_lines(summary["remote"])
+    if summary.get("scale"):
+        from benchmarks.scale import markdown_lines as scale_lines
+
+        lines += scale_lines(summary["scale"])
     plots = summary.get("plots", {})
     lines += ["## Plots", ""]
     if plots_note:

@@ -89,6 +89,15 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
     assert all(_is_number(remote["load"][m]["open_from_snapshot_s"]) for m in ("local", "s3")), remote["load"]
     assert all(_is_number(o["s3_over_local"]["median"]) for o in remote["overhead"].values()), remote["overhead"]
 
+    scale = summary["scale"]  # benchmarks.scale: a checkpoint of --scale-sources completed sources (quick size)
+    assert scale["completed_sources"] == summary["meta"]["scale_sources"]
+    for mode in ("from_segments", "from_snapshot"):
+        measured = scale[mode]
+        for key in ("startup_s", "preflight_s", "open_s", "rss_delta_bytes", "peak_rss_bytes", "lookup_s"):
+            assert _is_number(measured[key]), (mode, key, measured)
+        assert measured["completed_sources"] == measured["looked_up_ids"] == scale["completed_sources"]
+        assert measured["lookup_complete_ids"] == scale["completed_sources"] // 2
+
     table = (out / "summary.md").read_text()
     for heading in (
         "Checkpoint overhead",
@@ -97,6 +106,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         "Ledger",
         "Messages to the ledger",
         "Checkpoint on object storage",
+        "Scale of the ledger",
     ):
         assert heading in table
     for executor in EXECUTORS:
