@@ -24,6 +24,7 @@ digits) share their high half, and rows with equal ``h`` take a slower (still ex
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from itertools import compress
 from typing import Any, overload
 
 import numpy as np
@@ -33,7 +34,7 @@ KEY_BYTES = 16
 #: A mutable collection merges its Python-held changes into a new table once they exceed
 #: ``max(MERGE_MIN, rows of its table // MERGE_FRACTION)``: a merge copies the table, so merging
 #: at a fraction of its size keeps the copying at a constant amount per added key.
-MERGE_MIN = 1 << 15
+MERGE_MIN = 1 << 17
 MERGE_FRACTION = 16
 #: A ``KeyStamps`` merges its pending rows once they outnumber its table this many times.
 PENDING_FACTOR = 4
@@ -190,23 +191,26 @@ class KeyTable:
         at = start + int(self.lo[start:end].searchsorted(lo))
         return at if at < end and self.lo[at] == lo else -1
 
-    def may_contain(self, h: int) -> bool:
-        """``False`` only if no key of the table has row ``h`` (a cheap test before ``find_one``)."""
+    def may_contain(self, lo: int) -> bool:
+        """``False`` only if no key of the table has low half ``lo`` (a cheap test before ``find_one``)."""
         bits = self._filter
         if bits is None:
             self._probes += 1
             if self._probes < FILTER_AFTER:
                 return True
             bits = self._build_filter()
-        i = ((h * _FIB) & _M64) >> self._shift
+        i = ((lo * _FIB) & _M64) >> self._shift
         return bool(bits[i >> 3] >> (i & 7) & 1)
 
     def _build_filter(self) -> memoryview:
-        """One bit per hash of ``h`` over ``FILTER_BITS_PER_KEY`` bits per key (built on first use)."""
+        """One bit per (multiplicative) hash of ``lo`` over ``FILTER_BITS_PER_KEY`` bits per key.
+
+        ``lo`` alone, so that a lookup reads one half of the key before anything else.
+        """
         width = max(6, (FILTER_BITS_PER_KEY * max(len(self.h), 1) - 1).bit_length())
         self._shift = 64 - width
         with np.errstate(over="ignore"):
-            slot = (self.h * np.uint64(_FIB)) >> np.uint64(self._shift)
+            slot = (self.lo * np.uint64(_FIB)) >> np.uint64(self._shift)
         table = np.zeros(1 << (width - 3), dtype=np.uint8)
         byte, bit = slot >> np.uint64(3), (slot & np.uint64(7)).astype(np.uint8)
         for j in range(8):
@@ -291,27 +295,32 @@ class KeySet(Set[bytes]):
     changed, so a table may be shared with the ``KeyStamps`` it came from).
     """
 
-    __slots__ = ("_added", "_other", "_removed", "_table")
+    __slots__ = ("_added", "_merge_at", "_other", "_removed", "_rows", "_table")
 
     def __init__(self, keys: Iterable[bytes] = ()) -> None:
-        self._table = KeyTable.empty()
+        self._set_table(KeyTable.empty())
         self._added: set[bytes] = set()
         self._removed: set[bytes] = set()
         self._other: set[bytes] = set()
         keys = keys if isinstance(keys, Sequence | Set) else list(keys)
         if len(keys) >= BATCH_MIN:
             fixed = [k for k in keys if len(k) == KEY_BYTES]
-            self._table = KeyTable.from_packed(b"".join(fixed)).unstamped()
+            self._set_table(KeyTable.from_packed(b"".join(fixed)).unstamped())
             self._other = {bytes(k) for k in keys if len(k) != KEY_BYTES}
         else:
             for key in keys:
                 self.add(key)
 
+    def _set_table(self, table: KeyTable) -> None:
+        self._table = table
+        self._rows = len(table)
+        self._merge_at = max(MERGE_MIN, self._rows // MERGE_FRACTION)
+
     @classmethod
     def of_table(cls, table: KeyTable, other: Iterable[bytes] = ()) -> KeySet:
         """The set of ``table``'s keys (sharing its arrays) and the ``other`` keys (none of 16 bytes)."""
         out = cls()
-        out._table = table.unstamped()
+        out._set_table(table.unstamped())
         out._other = set(other)
         return out
 
@@ -344,16 +353,16 @@ class KeySet(Set[bytes]):
             return key in self._other
         if key in self._added:
             return True
+        if not self._rows:
+            return False
         table = self._table
-        if not len(table):
+        lo = int.from_bytes(key[8:])
+        if not table.may_contain(lo) or key in self._removed:
             return False
-        h, lo = key_row(key)
-        if not table.may_contain(h) or key in self._removed:
-            return False
-        return table.find_one(h, lo) >= 0
+        return table.find_one(int.from_bytes(key[:8]) ^ lo, lo) >= 0
 
     def __len__(self) -> int:
-        return len(self._table) - len(self._removed) + len(self._added) + len(self._other)
+        return self._rows - len(self._removed) + len(self._added) + len(self._other)
 
     def __iter__(self) -> Iterator[bytes]:
         removed = self._removed
@@ -372,18 +381,21 @@ class KeySet(Set[bytes]):
         if len(key) != KEY_BYTES:
             self._other.add(key)
             return
-        if key in self._added:
+        added = self._added
+        if key in added:
             return
-        if key in self._removed:
-            self._removed.discard(key)
+        removed = self._removed
+        if removed and key in removed:
+            removed.discard(key)
             return
-        table = self._table
-        if len(table):
-            h, lo = key_row(key)
-            if table.may_contain(h) and table.find_one(h, lo) >= 0:
+        if self._rows:
+            table = self._table
+            lo = int.from_bytes(key[8:])
+            if table.may_contain(lo) and table.find_one(int.from_bytes(key[:8]) ^ lo, lo) >= 0:
                 return
-        self._added.add(key)
-        self._merge_if_due()
+        added.add(key)
+        if len(added) + len(removed) > self._merge_at:
+            self.merge()
 
     def discard(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
@@ -393,19 +405,31 @@ class KeySet(Set[bytes]):
             self._added.discard(key)
             return
         table = self._table
-        if key in self._removed or not len(table):
+        if key in self._removed or not self._rows:
             return
         h, lo = key_row(key)
-        if table.may_contain(h) and table.find_one(h, lo) >= 0:
+        if table.may_contain(lo) and table.find_one(h, lo) >= 0:
             self._removed.add(key)
-            self._merge_if_due()
+            if len(self._added) + len(self._removed) > self._merge_at:
+                self.merge()
 
     def update(self, keys: Iterable[bytes]) -> None:
-        for key in keys:
-            self.add(key)
-
-    def _merge_if_due(self) -> None:
-        if len(self._added) + len(self._removed) > max(MERGE_MIN, len(self._table) // MERGE_FRACTION):
+        """``add`` each of ``keys`` (a large batch is checked against the table in one lookup)."""
+        keys = list(keys)
+        if len(keys) < BATCH_MIN:
+            for key in keys:
+                self.add(key)
+            return
+        fixed = [k for k in keys if len(k) == KEY_BYTES]
+        if len(fixed) != len(keys):
+            self._other.update(k for k in keys if len(k) != KEY_BYTES)
+        if self._removed:
+            self._removed.difference_update(fixed)  # back in: the table has them
+        if self._rows and fixed:
+            in_table = self._table.find(*split_packed(b"".join(fixed))) >= 0
+            fixed = list(compress(fixed, (~in_table).tolist()))
+        self._added.update(fixed)
+        if len(self._added) + len(self._removed) > self._merge_at:
             self.merge()
 
     def merge(self) -> None:
@@ -416,7 +440,8 @@ class KeySet(Set[bytes]):
             table = table.without(table.find(h, lo))
         if self._added:
             table = table.union(KeyTable.from_packed(b"".join(self._added)))
-        self._table, self._added, self._removed = table, set(), set()
+        self._set_table(table)
+        self._added, self._removed = set(), set()
 
     # -- batched queries ---------------------------------------------------------------
 
@@ -449,7 +474,7 @@ class KeySet(Set[bytes]):
         keep = other._contains_rows(table.h, table.lo, None)
         if self._removed:
             keep &= ~_delta_hits(self._removed, table.h, table.lo, None)
-        out = KeySet.of_table(table.select(keep), (k for k in self._other if k in other))
+        out = KeySet.of_table(table.select(keep), [k for k in self._other if k in other])
         out._added = {k for k in self._added if k in other}
         return out
 

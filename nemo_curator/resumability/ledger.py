@@ -468,6 +468,7 @@ class SourceLedger:
     def _record_completed(self, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]) -> None:
         """Fill ``upd``'s completions and hold their digests (their seen tasks are dropped with them)."""
         upd._set_completed(batch_completed)
+        self._completed_now.update(upd.completed_keys)  # those still complete at the batch's end
         add = self._digests.add
         for sid, digest in zip(upd.completed, upd.completed_digests, strict=True):
             add(sid, digest)
@@ -580,8 +581,7 @@ class SourceLedger:
         if st.num == full:
             del self._inflight[sid]
             st.done = True
-            self._completed.add(st.key)
-            self._completed_now.add(st.key)
+            self._completed.add(st.key)  # (``_completed_now`` gets the batch's completions at its end)
             batch_completed[sid] = st
             if st.persisted:
                 upd.inflight_cleared.append(st.key)
