@@ -7,7 +7,9 @@ memory per in-flight source; ``benchmarks.ledger``), ``messages`` (ledger calls 
 overhead section's checkpointed runs), ``remote`` (the checkpoint on a local S3 server against local
 disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote``), ``upstream``
 (upstream NeMo Curator's own workload on a cluster started beforehand, side by side with upstream
-when ``--peer-python`` names its environment; ``benchmarks.upstream``).
+when ``--peer-python`` names its environment; ``benchmarks.upstream``), ``scale`` (a checkpoint
+of ``--scale-sources`` completed sources, 10,000,000 by default: start-up, resident memory,
+lookup of as many ids; ``benchmarks.scale``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -44,7 +46,7 @@ from benchmarks.report import render, write_json
 from nemo_curator.backends import registry
 
 EXECUTORS = tuple(registry.EXECUTORS)
-SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "upstream")
+SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "upstream", "scale")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
 FULL = {
@@ -61,6 +63,7 @@ FULL = {
     "child_warmup_sources": 100,
     "upstream_sources": 400,
     "upstream_reps": 5,
+    "scale_sources": 10_000_000,
 }
 QUICK = {
     "sources": 200,
@@ -74,6 +77,7 @@ QUICK = {
     "child_warmup_sources": 0,
     "upstream_sources": 30,
     "upstream_reps": 1,
+    "scale_sources": 200_000,
 }
 
 
@@ -118,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="python of upstream NeMo Curator's environment (../shared/peer/README.md): runs upstream side by side",
     )
     p.add_argument("--upstream-num-cpus", type=int, default=2, help="CPUs of the cluster started beforehand")
+    p.add_argument("--scale-sources", type=int, help="completed sources of the scale section (quick: 200,000)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key, value in sizes.items():
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "child_warmup_sources": args.child_warmup_sources,
             "upstream_sources": args.upstream_sources,
             "upstream_reps": args.upstream_reps,
+            "scale_sources": args.scale_sources,
             "batch_size": settings.batch_size,
             "sink_fsync": settings.fsync,
             "work_ms": settings.work_ms,
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "messages": {},
         "remote": {},
         "upstream": {},
+        "scale": {},
     }
     failed = False
     if "upstream" in args.sections:  # before the suite's own Ray: its runs join clusters of their own
@@ -356,6 +363,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             failed = True
             summary["ledger"] = _error(exc)
+        write_json(summary, out)
+    if "scale" in args.sections:  # no Ray: a fresh process opens the checkpoint (benchmarks.scale)
+        from benchmarks.scale import run_scale_benchmark
+
+        logger.info("scale: a checkpoint of {:,} completed sources", args.scale_sources)
+        try:
+            summary["scale"] = run_scale_benchmark(args.scale_sources, work_root / "scale")
+            snap, segs = summary["scale"]["from_snapshot"], summary["scale"]["from_segments"]
+            logger.info(
+                "scale: start-up {:.1f} s (segments {:.1f} s), {:,.0f} MB, lookup {:.1f} s",
+                snap["startup_s"],
+                segs["startup_s"],
+                snap["rss_delta_bytes"] / 1e6,
+                snap["lookup_s"],
+            )
+        except Exception as exc:
+            failed = True
+            summary["scale"] = _error(exc)
     shutil.rmtree(work_root, ignore_errors=True)
     finish(summary, out, args.results_md)
     logger.info("results in {}", out)

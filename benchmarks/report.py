@@ -225,6 +225,10 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
             from benchmarks.upstream import markdown_lines as upstream_lines
 
             lines += upstream_lines(summary["upstream"])
+    if summary.get("scale"):
+        from benchmarks.scale import markdown_lines as scale_lines
+
+        lines += scale_lines(summary["scale"])
     plots = summary.get("plots", {})
     lines += ["## Plots", ""]
     if plots_note:

@@ -97,6 +97,14 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         assert all(r["completed_sources"] == upstream["sources"] for r in ours["runs"] if r["checkpoint"])
         assert _is_number(ours["ratio"]["median"]) and ours["ratio"]["median"] > 0
         assert _is_number(ours["first_work_delta_s"]), ours
+    scale = summary["scale"]  # benchmarks.scale: a checkpoint of --scale-sources completed sources (quick size)
+    assert scale["completed_sources"] == summary["meta"]["scale_sources"]
+    for mode in ("from_segments", "from_snapshot"):
+        measured = scale[mode]
+        for key in ("startup_s", "preflight_s", "open_s", "rss_delta_bytes", "peak_rss_bytes", "lookup_s"):
+            assert _is_number(measured[key]), (mode, key, measured)
+        assert measured["completed_sources"] == measured["looked_up_ids"] == scale["completed_sources"]
+        assert measured["lookup_complete_ids"] == scale["completed_sources"] // 2
 
     table = (out / "summary.md").read_text()
     for heading in (
@@ -107,6 +115,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         "Messages to the ledger",
         "Checkpoint on object storage",
         "Upstream's workload, side by side",
+        "Scale of the ledger",
     ):
         assert heading in table
     for executor in EXECUTORS:

@@ -50,6 +50,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableError
 from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
+from nemo_curator.resumability.heap import map_large_buffers
 from nemo_curator.resumability.layout import new_writer_id
 from nemo_curator.resumability.lease import LeaseSettings
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
@@ -124,6 +125,7 @@ class LedgerActor:
     ) -> None:
         self._owner = dict(owner)
         self._reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        map_large_buffers()  # before the load: its freed buffers go back to the OS (``heap``)
         # The driver checked the fingerprint before starting us; checking again here records an
         # allowed override in the file. A restart reopens this run's own file and is not re-checked.
         self._store = CheckpointStore.open(

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from loguru import logger
 
@@ -37,6 +38,7 @@ from nemo_curator.resumability.records import (
     encode_snapshot,
     object_path,
     parse_object_path,
+    snapshot_head,
 )
 from nemo_curator.resumability.scan import CheckpointUnion, apply_segment, copy_state, fold_writer, union
 
@@ -120,31 +122,39 @@ def list_objects(location: Location) -> tuple[dict[str, WriterObjects], list[str
     return writers, unexpected
 
 
-def _decode(name: ObjectName, data: bytes, where: str) -> WriterHeader | WriterState | Segment:
+Decoded = WriterHeader | WriterState | Segment
+
+
+def _decode(name: ObjectName, data: bytes, where: str, recent: bool) -> Decoded:
     if name.kind == "header":
         return decode_header(data, where)
     if name.kind == "snap":
-        return decode_snapshot(data, where)
-    return decode_segment(data, where)
+        return decode_snapshot(data, where, recent=recent)
+    return decode_segment(data, where, recent=recent)
 
 
-def read_checkpoint(location: Location, *, recent_limit: int, threads: int = READ_THREADS) -> CheckpointRead:
-    """Read and fold the whole durable record (see the module docstring). Raises ``CheckpointError``."""
-    check_format(location)
-    decoded: dict[str, WriterHeader | WriterState | Segment] = {}
+def _read_needed(
+    location: Location,
+    threads: int,
+    needed: Callable[[WriterObjects], list[ObjectName]],
+    decode: Callable[[ObjectName, bytes, str], Any],
+) -> tuple[dict[str, WriterObjects], list[str], dict[str, Any]]:
+    """List, then read and ``decode`` the ``needed`` objects of every writer in parallel (listing again
+    when listed objects vanished under a compaction)."""
+    decoded: dict[str, Any] = {}
 
-    def fetch(name: ObjectName) -> tuple[ObjectName, WriterHeader | WriterState | Segment | None]:
+    def fetch(name: ObjectName) -> tuple[ObjectName, Any]:
         where = f"{location.display}/{name.path}"
         try:
             data = location.read(name.path)
         except FileNotFoundError:
             return name, None
-        return name, _decode(name, data, where)
+        return name, decode(name, data, where)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="checkpoint-read") as pool:
         for _attempt in range(MAX_LIST_ATTEMPTS):
             writers, unexpected = list_objects(location)
-            wanted = [n for objs in writers.values() for n in objs.needed() if n.path not in decoded]
+            wanted = [n for objs in writers.values() for n in needed(objs) if n.path not in decoded]
             vanished = False
             for name, value in pool.map(fetch, wanted):
                 if value is None:
@@ -159,6 +169,28 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
                 f"checkpoint {location.display}: objects kept vanishing between listing and reading in "
                 f"{MAX_LIST_ATTEMPTS} attempts. Fix: retry; if it persists, check that no tool deletes objects there"
             )
+    return writers, unexpected, decoded
+
+
+def read_checkpoint(
+    location: Location,
+    *,
+    recent_limit: int,
+    threads: int = READ_THREADS,
+    recent_for: Collection[str] | None = None,
+) -> CheckpointRead:
+    """Read and fold the whole durable record (see the module docstring). Raises ``CheckpointError``.
+
+    The digests of recent completions are decoded only for the writers in ``recent_for`` (all
+    when ``None``): a new run needs only its own, and 10,000,000 of another's cost seconds.
+    """
+    check_format(location)
+    writers, unexpected, decoded = _read_needed(
+        location,
+        threads,
+        WriterObjects.needed,
+        lambda name, data, where: _decode(name, data, where, recent_for is None or name.writer_id in recent_for),
+    )
     headers: dict[str, WriterHeader] = {}
     states: dict[str, WriterState] = {}
     for writer_id, objs in writers.items():
@@ -166,21 +198,14 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
         if not needed and not objs.headers and not (objs.snapshots or objs.segments):
             continue  # only heartbeats: a writer starting right now (it writes its header next)
         if not needed:
-            # A header is written before any other object of its writer, so this is a partial copy
-            # or an outside deletion: ignoring the writer would drop its revocations (wrong skips).
-            raise CheckpointError(
-                f"checkpoint {location.display}: writer {writer_id} has records but no header object "
-                f"({LEDGER_PREFIX}/{writer_id}/header-*.rec is missing); its records (revocations included) cannot "
-                "be trusted or ignored. Nothing was changed. Fix: restore the header object (if the checkpoint was "
-                f"copied, copy {LEDGER_PREFIX}/{writer_id}/ whole), or move {LEDGER_PREFIX}/{writer_id}/ away to redo "
-                "what it recorded"
-            )
+            raise _missing_header(location, writer_id)
         header = decoded[needed[0].path]
         assert isinstance(header, WriterHeader)
         headers[writer_id] = header
-        snaps = [(n, decoded[n.path]) for n in needed if n.kind == "snap"]
-        segs = [(n, decoded[n.path]) for n in needed if n.kind == "seg"]
-        states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)  # type: ignore[arg-type]
+        snaps = [(n, decoded.pop(n.path, None)) for n in needed if n.kind == "snap"]
+        # Popped as they are folded, so each segment's keys are freed once applied.
+        segs = ((n, decoded.pop(n.path, None)) for n in needed if n.kind == "seg")
+        states[writer_id] = fold_writer(writer_id, snaps, segs, recent_limit)
         states[writer_id].stamp = max(states[writer_id].stamp, header.start_stamp)
     if unexpected:
         logger.warning(
@@ -196,6 +221,58 @@ def read_checkpoint(location: Location, *, recent_limit: int, threads: int = REA
         objects=writers,
         union=union(states.values(), headers.values()),
         unexpected=unexpected,
+    )
+
+
+@dataclass
+class WritersRead:
+    """What ``read_writers`` found: every writer's header and whether its newest snapshot marks it closed."""
+
+    headers: dict[str, WriterHeader]
+    closed: dict[str, bool]
+
+
+def read_writers(location: Location, *, threads: int = READ_THREADS) -> WritersRead:
+    """The writers' headers and closed marks only: one header and the newest snapshot per writer, whose
+    sections are checked (checksum) but not decoded, and no segments (a segment never closes a writer).
+
+    For the driver's checks before a run (fingerprint, leases): a fraction of ``read_checkpoint``'s
+    cost on a large checkpoint. Raises ``CheckpointError`` like it.
+    """
+    check_format(location)
+
+    def needed(objs: WriterObjects) -> list[ObjectName]:
+        return [n for n in objs.needed() if n.kind != "seg"]
+
+    def decode(name: ObjectName, data: bytes, where: str) -> WriterHeader | dict[str, Any]:
+        return decode_header(data, where) if name.kind == "header" else snapshot_head(data, where)
+
+    writers, _unexpected, decoded = _read_needed(location, threads, needed, decode)
+    headers: dict[str, WriterHeader] = {}
+    closed: dict[str, bool] = {}
+    for writer_id, objs in writers.items():
+        names = needed(objs)
+        if not names:
+            if objs.snapshots or objs.segments:
+                raise _missing_header(location, writer_id)
+            continue
+        header = decoded[names[0].path]
+        assert isinstance(header, WriterHeader)
+        headers[writer_id] = header
+        snaps = [decoded[n.path] for n in names if n.kind == "snap"]
+        closed[writer_id] = bool(snaps) and snaps[0].get("closed") is not None
+    return WritersRead(headers, closed)
+
+
+def _missing_header(location: Location, writer_id: str) -> CheckpointError:
+    # A header is written before any other object of its writer, so this is a partial copy or an
+    # outside deletion: ignoring the writer would drop its revocations (wrong skips).
+    return CheckpointError(
+        f"checkpoint {location.display}: writer {writer_id} has records but no header object "
+        f"({LEDGER_PREFIX}/{writer_id}/header-*.rec is missing); its records (revocations included) cannot "
+        "be trusted or ignored. Nothing was changed. Fix: restore the header object (if the checkpoint was "
+        f"copied, copy {LEDGER_PREFIX}/{writer_id}/ whole), or move {LEDGER_PREFIX}/{writer_id}/ away to redo "
+        "what it recorded"
     )
 
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
+
+from nemo_curator.resumability.keyset import PackedKeys
 
 MAX_SOURCE_ID_BYTES = 100
 MAX_TASK_ID_BYTES = 256
@@ -87,6 +90,27 @@ def source_id_from_key(key: bytes) -> str:
     return bytes(key[start:]).decode("utf-8", "surrogatepass")
 
 
+def packed_source_keys(source_ids: Sequence[str]) -> bytes | None:
+    """The keys of ``source_ids`` back to back when each is a canonical framework id, else ``None``.
+
+    A canonical id is 32 hex digits without upper-case letters, whose ``source_key`` is its 16 raw
+    bytes; any other id (``None`` then) needs ``source_key`` one by one. One join and one
+    ``bytes.fromhex`` for the whole batch: a space inside an id shortens the result, a non-hex
+    character fails it, so neither passes for a canonical batch.
+    """
+    n = len(source_ids)
+    if n and set(map(len, source_ids)) != {32}:
+        return None
+    text = "".join(source_ids)
+    if not text.isascii() or any(c in text for c in "ABCDEF"):
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 * n else None
+
+
 def task_dedup_key(task_id: str) -> str:
     """The deduplication key of ``task_id`` (the id itself unless it is very long)."""
     if len(task_id) <= MAX_TASK_ID_BYTES // 4 or len(task_id.encode()) <= MAX_TASK_ID_BYTES:
@@ -137,8 +161,10 @@ _FIXED = ord("F")
 _VARIABLE = ord("V")
 
 
-def encode_completion_records(time_ns: int, keys: list[bytes]) -> list[bytes]:
+def encode_completion_records(time_ns: int, keys: Sequence[bytes]) -> list[bytes]:
     """One or two record values holding ``keys`` completed at ``time_ns``."""
+    if isinstance(keys, PackedKeys):
+        return [_U64.pack(time_ns) + bytes((_FIXED,)) + keys.raw] if keys else []
     fixed = [k for k in keys if len(k) == 16]
     other = [k for k in keys if len(k) != 16] if len(fixed) != len(keys) else []
     head = _U64.pack(time_ns)

@@ -34,8 +34,9 @@ Invariants (for every source ``s``):
    collisions while its source's digest is held, and never causes a wrong skip silently.
 6. Memory: the per-task state of a source (its seen task ids and their credit) is dropped the
    moment it completes or fails; digests take at most ``digest_budget`` bytes; per source
-   beyond that only its key in the completed set (``keys.source_key``, 16 bytes for framework
-   ids) and, for sources completed in this run, in ``_completed_now``.
+   beyond that only its key in the completed set (``keys.source_key`` in a ``keyset.KeySet``:
+   about 16 bytes for a framework id, so 10,000,000 completed sources take ~160 MB) and, for
+   sources completed in this run, in ``_completed_now`` (another ``KeySet``).
 7. A source is known by its id; an id whose key is hashed (``keys.MAX_SOURCE_ID_BYTES``) comes
    back from the store as ``keys.source_id_from_key(key)``. Its first report after a restart
    adopts the in-flight state and failure restored under that name, and a digest restored
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress, islice
 
 from loguru import logger
 
@@ -62,7 +63,14 @@ from nemo_curator.resumability.digests import (
     fingerprint,
     fingerprints,
 )
-from nemo_curator.resumability.keys import is_hashed_key, source_id_from_key, source_key, task_dedup_key
+from nemo_curator.resumability.keys import (
+    is_hashed_key,
+    packed_source_keys,
+    source_id_from_key,
+    source_key,
+    task_dedup_key,
+)
+from nemo_curator.resumability.keyset import BATCH_MIN, KeySet, KeyStamps
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.tasks.credit import Credit
 
@@ -233,23 +241,26 @@ def _wire(packed: int) -> str:
 class SourceLedger:
     """Per-source credit accounting over a stream of report batches (see the module docstring).
 
-    ``completed_keys`` is the set of ``source_key`` values of sources already complete (from the
-    checkpoint); the ledger adds to it and owns it. ``failed_this_run`` are sources this run
+    ``completed_keys`` holds the ``source_key`` values of sources already complete (from the
+    checkpoint); a ``KeySet`` given is taken over (the ledger adds to it and owns it), other
+    iterables are copied into one. ``failed_this_run`` are sources this run
     already recorded failed (a restarted ledger of the same run reloads them). At most
     ``recent_limit`` completed sources keep a digest, within ``digest_budget`` bytes.
     """
 
     def __init__(
         self,
-        completed_keys: set[bytes] | None = None,
+        completed_keys: KeySet | Iterable[bytes] | None = None,
         failed_this_run: Iterable[str] = (),
         *,
         recent_limit: int = DEFAULT_RECENT_LIMIT,
         digest_budget: int = DEFAULT_DIGEST_BUDGET,
         max_logged_anomalies: int = 50,
     ) -> None:
-        self._completed: set[bytes] = completed_keys if completed_keys is not None else set()
-        self._completed_now: set[bytes] = set()  # keys of the sources completed in this run
+        if not isinstance(completed_keys, KeySet):
+            completed_keys = KeySet(completed_keys or ())
+        self._completed = completed_keys
+        self._completed_now = KeySet()  # keys of the sources completed in this run
         self._failed_run: set[str] = set(failed_this_run)
         self._inflight: dict[str, _InFlight] = {}
         self._digests = DigestWindow(digest_budget, recent_limit)
@@ -263,9 +274,21 @@ class SourceLedger:
         return source_key(source_id) in self._completed
 
     def completed_among(self, source_ids: Iterable[str]) -> list[str]:
-        """The ids among ``source_ids`` that are complete, in their given order."""
+        """The ids among ``source_ids`` that are complete, in their given order.
+
+        Batched: canonical framework ids are converted and looked up together (``keys.packed_source_keys``,
+        ``KeySet.contains_packed``); about 0.3 us per id for large batches.
+        """
+        ids = source_ids if isinstance(source_ids, list) else list(source_ids)
         done = self._completed
-        return [sid for sid in source_ids if source_key(sid) in done]
+        if len(ids) < BATCH_MIN:
+            return [sid for sid in ids if source_key(sid) in done]
+        packed = packed_source_keys(ids)
+        if packed is not None:
+            found = done.contains_packed(packed)
+        else:
+            found = done.contains_keys([source_key(sid) for sid in ids])
+        return list(compress(ids, found.tolist()))
 
     def is_failed_this_run(self, source_id: str) -> bool:
         failed = self._failed_run
@@ -302,11 +325,17 @@ class SourceLedger:
 
     # -- restore ----------------------------------------------------------------------
 
-    def restore_recent(self, entries: Iterable[tuple[bytes, bytes | None]], completed_now: Iterable[bytes]) -> None:
-        """Reload this run's completions: ``completed_now`` their keys, ``entries`` the persisted
-        digests ``(source key, digests.digest_bytes(...) or None)``, oldest first."""
+    def restore_recent(
+        self, entries: Iterable[tuple[bytes, bytes | None]], completed_now: KeyStamps | Iterable[bytes]
+    ) -> None:
+        """Reload this run's completions: ``completed_now`` their keys (those still complete count),
+        ``entries`` the persisted digests ``(source key, digests.digest_bytes(...) or None)``, oldest first."""
         completed = self._completed
-        self._completed_now.update(k for k in completed_now if k in completed)
+        now = KeySet.union_of([completed_now]) if isinstance(completed_now, KeyStamps) else KeySet(completed_now)
+        now = now.intersection(completed)
+        if self._completed_now:
+            now.update(self._completed_now)
+        self._completed_now = now
         for key, data in entries:
             if data is None or key not in completed:
                 continue
@@ -439,6 +468,7 @@ class SourceLedger:
     def _record_completed(self, upd: LedgerUpdate, batch_completed: dict[str, _InFlight]) -> None:
         """Fill ``upd``'s completions and hold their digests (their seen tasks are dropped with them)."""
         upd._set_completed(batch_completed)
+        self._completed_now.update(upd.completed_keys)  # those still complete at the batch's end
         add = self._digests.add
         for sid, digest in zip(upd.completed, upd.completed_digests, strict=True):
             add(sid, digest)
@@ -551,8 +581,7 @@ class SourceLedger:
         if st.num == full:
             del self._inflight[sid]
             st.done = True
-            self._completed.add(st.key)
-            self._completed_now.add(st.key)
+            self._completed.add(st.key)  # (``_completed_now`` gets the batch's completions at its end)
             batch_completed[sid] = st
             if st.persisted:
                 upd.inflight_cleared.append(st.key)

@@ -19,6 +19,12 @@ Object bytes::
 A truncated, torn or altered object fails ``decode_object`` with a ``CheckpointError`` naming the
 object and the fix. Source keys are ``keys.source_key`` bytes; stamps are Lamport stamps (see
 ``scan``); wall-clock times in heads are information for humans only.
+
+A key list section is ``F`` + 16-byte keys back to back when all keys are 16 bytes long (always
+for the framework's source ids), else ``V`` + (u16 length, key)*. Completed keys in ``F`` form
+are decoded without a Python object per key (``keyset.PackedKeys`` / ``keyset.KeyStamps``), so
+10,000,000 of them load in about a second. Digests of recent completions (``recent``) are decoded
+only for the writers that need them (``recent=False`` skips them).
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ import json
 import re
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from nemo_curator.resumability.digests import floor_cost
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.keys import decode_recent_record, encode_recent_record
+from nemo_curator.resumability.keyset import KEY_BYTES, KeyStamps, PackedKeys
 
 MAGIC = b"NCRL"
 RECORD_FORMAT = 1
@@ -114,13 +124,14 @@ class Segment:
     """One acknowledged batch of one writer: the ``LedgerUpdate`` it committed, stamped ``stamp``.
 
     ``recent`` holds the digests (``digests.digest_of``) of the sources completed in the batch
-    (aligned with ``completed``), for recognising late duplicates after a restart.
+    (aligned with ``completed``), for recognising late duplicates after a restart. A decoded
+    ``completed`` is a ``keyset.PackedKeys`` when all its keys are 16 bytes long (equal to the list).
     """
 
     writer_id: str
     number: int
     stamp: int
-    completed: list[bytes] = field(default_factory=list)
+    completed: Sequence[bytes] = field(default_factory=list)
     recent: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     failed: dict[bytes, str] = field(default_factory=dict)
     revoked: list[bytes] = field(default_factory=list)
@@ -153,7 +164,8 @@ class WriterState:
     """A writer's whole state after its segments up to ``upto`` (the content of a snapshot).
 
     ``completed`` / ``revoked``: source key -> the stamp of its latest completion / revocation by
-    this writer; ``failed``: key -> (stamp, reason); ``inflight``: key -> task dedup key ->
+    this writer (``completed`` is a compact ``keyset.KeyStamps``; a dict given is converted);
+    ``failed``: key -> (stamp, reason); ``inflight``: key -> task dedup key ->
     (num, exp); ``senders``: sender -> last applied batch seq; ``recent``: the most recently
     completed sources' digests, oldest first, within a byte budget (``recent_weight`` is their
     cost, ``digests.floor_cost``; derived, not stored); ``stamp``: the largest stamp seen.
@@ -162,7 +174,7 @@ class WriterState:
     writer_id: str
     upto: int = -1
     stamp: int = 0
-    completed: dict[bytes, int] = field(default_factory=dict)
+    completed: KeyStamps = field(default_factory=KeyStamps)
     revoked: dict[bytes, int] = field(default_factory=dict)
     failed: dict[bytes, tuple[int, str]] = field(default_factory=dict)
     inflight: dict[bytes, dict[str, tuple[int, int]]] = field(default_factory=dict)
@@ -173,6 +185,10 @@ class WriterState:
     updated: float = 0.0
     closed: float | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.completed, KeyStamps):
+            self.completed = KeyStamps(self.completed if isinstance(self.completed, Mapping) else dict(self.completed))
+
 
 def recent_entry_weight(digest: bytes | None) -> int:
     """What one recent-window digest costs the ledger at its narrowest width (``digests.floor_cost``)."""
@@ -182,15 +198,18 @@ def recent_entry_weight(digest: bytes | None) -> int:
 # -- section encodings -------------------------------------------------------------------
 
 
-def _encode_keys(keys: list[bytes]) -> bytes:
-    if all(len(k) == 16 for k in keys):
+def _encode_keys(keys: Sequence[bytes]) -> bytes:
+    if isinstance(keys, PackedKeys):
+        return b"F" + keys.raw
+    if all(len(k) == KEY_BYTES for k in keys):
         return b"F" + b"".join(keys)
     return b"V" + b"".join(_U16.pack(len(k)) + k for k in keys)
 
 
-def _decode_keys(data: bytes) -> list[bytes]:
+def _decode_keys(data: bytes | memoryview) -> list[bytes]:
     if not data:
         return []
+    data = bytes(data)
     if data[0] == ord("F"):
         return [data[i : i + 16] for i in range(1, len(data), 16)]
     keys, i, n = [], 1, len(data)
@@ -206,9 +225,34 @@ def _encode_strings(items: list[str]) -> bytes:
     return _U32.pack(len(encoded)) + struct.pack(f">{len(encoded)}I", *map(len, encoded)) + b"".join(encoded)
 
 
-def _decode_strings(data: bytes) -> list[str]:
+def _decode_packed_keys(data: bytes | memoryview) -> Sequence[bytes]:
+    """A key list section as ``PackedKeys`` (``F`` form: no object per key) or a list (``V`` form)."""
+    if data and data[0] == ord("F"):
+        return PackedKeys(data[1:])
+    return _decode_keys(data)
+
+
+def _decode_completed(keys: bytes | memoryview, stamps: bytes | memoryview) -> KeyStamps:
+    """A snapshot's completions: keys in ``F`` form are read with ``np.frombuffer``."""
+    if keys and keys[0] == ord("F"):
+        if len(keys) - 1 != 2 * len(stamps):
+            raise ValueError(f"{(len(keys) - 1) // KEY_BYTES} completed keys but {len(stamps) // 8} stamps")
+        return KeyStamps.from_packed(keys[1:], np.frombuffer(stamps, dtype=">u8").astype(np.uint64))
+    return KeyStamps(dict(zip(_decode_keys(keys), _decode_u64s(stamps), strict=True)))
+
+
+def _encode_completed(completed: KeyStamps) -> dict[str, bytes]:
+    if not completed.other():
+        keys, stamps = completed.packed()
+        return {"completed": b"F" + keys, "completed_stamps": stamps}
+    keys = list(completed)
+    return {"completed": _encode_keys(keys), "completed_stamps": _encode_u64s([completed[k] for k in keys])}
+
+
+def _decode_strings(data: bytes | memoryview) -> list[str]:
     if not data:
         return []
+    data = bytes(data)
     (n,) = _U32.unpack_from(data)
     lengths = struct.unpack_from(f">{n}I", data, 4)
     out, i = [], 4 + 4 * n
@@ -222,7 +266,7 @@ def _encode_u64s(values: list[int]) -> bytes:
     return struct.pack(f">{len(values)}Q", *values)
 
 
-def _decode_u64s(data: bytes) -> list[int]:
+def _decode_u64s(data: bytes | memoryview) -> list[int]:
     return list(struct.unpack(f">{len(data) // 8}Q", data))
 
 
@@ -234,7 +278,7 @@ def _encode_rows(rows: list[tuple[bytes, str, int, int]]) -> dict[str, bytes]:
     }
 
 
-def _decode_rows(sections: dict[str, bytes]) -> list[tuple[bytes, str, int, int]]:
+def _decode_rows(sections: dict[str, memoryview]) -> list[tuple[bytes, str, int, int]]:
     keys = _decode_keys(sections.get("row_keys", b""))
     tasks = _decode_strings(sections.get("row_tasks", b""))
     credits = _decode_strings(sections.get("row_credits", b""))
@@ -267,10 +311,12 @@ def _corrupt(where: str, why: str) -> CheckpointError:
     )
 
 
-def _unframe(data: bytes, where: str) -> tuple[int, dict[str, Any], dict[str, bytes]]:
+def _unframe(data: bytes, where: str) -> tuple[int, dict[str, Any], dict[str, memoryview]]:
+    """Check and split an object; its sections are views of ``data`` (no copies of large objects)."""
     if len(data) < len(MAGIC) + 6 + DIGEST_SIZE or not data.startswith(MAGIC):
         raise _corrupt(where, f"{len(data)} bytes without the record header")
-    body, digest = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
+    view = memoryview(data)
+    body, digest = view[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
     if hashlib.blake2b(body, digest_size=DIGEST_SIZE).digest() != digest:
         raise _corrupt(where, "checksum mismatch: torn or altered")
     version, kind = body[4], body[5]
@@ -281,16 +327,18 @@ def _unframe(data: bytes, where: str) -> tuple[int, dict[str, Any], dict[str, by
         )
     (n,) = _U32.unpack_from(body, 6)
     try:
-        head = json.loads(body[10 : 10 + n])
-        sections: dict[str, bytes] = {}
+        head = json.loads(bytes(body[10 : 10 + n]))
+        sections: dict[str, memoryview] = {}
         i = 10 + n
         while i < len(body):
             length = body[i]
-            name = body[i + 1 : i + 1 + length].decode()
+            name = bytes(body[i + 1 : i + 1 + length]).decode()
             (size,) = _U64.unpack_from(body, i + 1 + length)
             start = i + 9 + length
             sections[name] = body[start : start + size]
             i = start + size
+            if len(sections[name]) != size:
+                raise ValueError(f"section {name!r} is cut short")
     except (ValueError, struct.error, IndexError) as exc:
         raise _corrupt(where, f"unreadable framing: {exc}") from exc
     return kind, head, sections
@@ -341,13 +389,11 @@ def encode_snapshot(state: WriterState) -> bytes:
         "updated": state.updated,
         "closed": state.closed,
     }
-    completed = list(state.completed)
     revoked = list(state.revoked)
     failed = list(state.failed)
     rows = [(key, tkey, num, exp) for key, tasks in state.inflight.items() for tkey, (num, exp) in tasks.items()]
     sections = {
-        "completed": _encode_keys(completed),
-        "completed_stamps": _encode_u64s([state.completed[k] for k in completed]),
+        **_encode_completed(state.completed),
         "revoked": _encode_keys(revoked),
         "revoked_stamps": _encode_u64s([state.revoked[k] for k in revoked]),
         "failed_keys": _encode_keys(failed),
@@ -404,15 +450,23 @@ def decode_header(data: bytes, where: str) -> WriterHeader:
     )
 
 
-def decode_segment(data: bytes, where: str) -> Segment:
+def snapshot_head(data: bytes, where: str) -> dict[str, Any]:
+    """The head of a snapshot (``upto``, ``closed``, ...): the object is checked, its sections not decoded."""
+    kind, head, _ = _unframe(data, where)
+    _expect(kind, KIND_SNAPSHOT, where)
+    return head
+
+
+def decode_segment(data: bytes, where: str, *, recent: bool = True) -> Segment:
+    """The segment in ``data``; without its digests (``recent=[]``) unless ``recent``."""
     kind, head, s = _unframe(data, where)
     _expect(kind, KIND_SEGMENT, where)
-    recent_raw = s.get("recent", b"")
+    recent_raw = s.get("recent", b"") if recent else b""
     return Segment(
         writer_id=str(head["writer_id"]),
         number=int(head["number"]),
         stamp=int(head["stamp"]),
-        completed=_decode_keys(s.get("completed", b"")),
+        completed=_decode_packed_keys(s.get("completed", b"")),
         recent=decode_recent_record(recent_raw) if recent_raw else [],
         failed=dict(
             zip(_decode_keys(s.get("failed_keys", b"")), _decode_strings(s.get("failed_reasons", b"")), strict=True)
@@ -427,7 +481,8 @@ def decode_segment(data: bytes, where: str) -> Segment:
     )
 
 
-def decode_snapshot(data: bytes, where: str) -> WriterState:
+def decode_snapshot(data: bytes, where: str, *, recent: bool = True) -> WriterState:
+    """The writer state in ``data``; without its digests (an empty ``recent``) unless ``recent``."""
     kind, head, s = _unframe(data, where)
     _expect(kind, KIND_SNAPSHOT, where)
     failed_keys = _decode_keys(s.get("failed_keys", b""))
@@ -443,20 +498,18 @@ def decode_snapshot(data: bytes, where: str) -> WriterState:
     inflight: dict[bytes, dict[str, tuple[int, int]]] = {}
     for key, tkey, num, exp in _decode_rows(s):
         inflight.setdefault(key, {})[tkey] = (num, exp)
-    recent_raw = s.get("recent", b"")
+    recent_raw = s.get("recent", b"") if recent else b""
     return WriterState(
         writer_id=str(head["writer_id"]),
         upto=int(head["upto"]),
         stamp=int(head["stamp"]),
-        completed=dict(
-            zip(_decode_keys(s.get("completed", b"")), _decode_u64s(s.get("completed_stamps", b"")), strict=True)
-        ),
+        completed=_decode_completed(s.get("completed", b""), s.get("completed_stamps", b"")),
         revoked=dict(zip(_decode_keys(s.get("revoked", b"")), _decode_u64s(s.get("revoked_stamps", b"")), strict=True)),
         failed=failed,
         inflight=inflight,
         senders={str(k): int(v) for k, v in (head.get("senders") or {}).items()},
-        recent=(recent := OrderedDict(decode_recent_record(recent_raw) if recent_raw else [])),
-        recent_weight=sum(recent_entry_weight(d) for d in recent.values()),
+        recent=(window := OrderedDict(decode_recent_record(recent_raw) if recent_raw else [])),
+        recent_weight=sum(recent_entry_weight(d) for d in window.values()),
         meta=dict(head.get("meta") or {}),
         updated=float(head.get("updated") or 0.0),
         closed=head.get("closed"),

@@ -25,11 +25,12 @@ largest ``(start_stamp, writer_id)``. Wall-clock times are kept for humans only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
+from nemo_curator.resumability.keyset import KeySet
 from nemo_curator.resumability.records import ObjectName, Segment, WriterHeader, WriterState, recent_entry_weight
 
 #: A Lamport time with its tie-breaker.
@@ -57,11 +58,9 @@ def apply_segment(
         inflight.pop(key, None)
     for key, tkey, num, exp in seg.added:
         inflight.setdefault(key, {})[tkey] = (num, exp)
-    completed = state.completed
-    for key in seg.completed:
-        if completed.get(key, -1) < stamp:
-            completed[key] = stamp
-        inflight.pop(key, None)
+    state.completed.set_max(seg.completed, stamp)
+    if inflight:
+        _leave_inflight(inflight, seg.completed)
     recent = state.recent
     for key, digest in seg.recent:
         previous = recent.pop(key, None)
@@ -83,6 +82,17 @@ def apply_segment(
     state.updated = max(state.updated, seg.time)
 
 
+def _leave_inflight(inflight: dict[bytes, dict[str, tuple[int, int]]], completed: Sequence[bytes]) -> None:
+    """Drop the in-flight rows of the ``completed`` sources, walking the smaller of the two."""
+    if len(completed) <= 4 * len(inflight):
+        for key in completed:
+            inflight.pop(key, None)
+        return
+    done = KeySet(completed)
+    for key in [k for k in inflight if k in done]:
+        del inflight[key]
+
+
 def fold_writer(
     writer_id: str,
     snapshots: Iterable[tuple[ObjectName, WriterState]],
@@ -91,7 +101,8 @@ def fold_writer(
 ) -> WriterState:
     """The state of one writer from its newest snapshot and the segments after it (see the module docstring).
 
-    The newest snapshot is not modified.
+    The newest snapshot is not modified. Segments are dropped from the fold as they are applied:
+    given as an iterator that holds no other reference, each one's memory is freed right away.
     """
     best: tuple[ObjectName, WriterState] | None = None
     for name, snap in snapshots:
@@ -100,7 +111,10 @@ def fold_writer(
     state = copy_state(best[1]) if best is not None else WriterState(writer_id)
     upto = state.upto
     seen: set[str] = set()
-    for name, seg in sorted(segments, key=lambda item: (item[0].number, item[0].nonce)):
+    ordered = sorted(segments, key=lambda item: (item[0].number, item[0].nonce))
+    ordered.reverse()
+    while ordered:
+        name, seg = ordered.pop()
         if name.number <= upto or name.path in seen:
             continue
         seen.add(name.path)
@@ -114,7 +128,7 @@ def copy_state(state: WriterState) -> WriterState:
         writer_id=state.writer_id,
         upto=state.upto,
         stamp=state.stamp,
-        completed=dict(state.completed),
+        completed=state.completed.copy(),
         revoked=dict(state.revoked),
         failed=dict(state.failed),
         inflight={k: dict(v) for k, v in state.inflight.items()},
@@ -138,9 +152,9 @@ def current_writer(headers: Iterable[WriterHeader]) -> WriterHeader | None:
 
 @dataclass
 class CheckpointUnion:
-    """The union of every writer's state (keys are ``keys.source_key``)."""
+    """The union of every writer's state (keys are ``keys.source_key``; ``completed`` is compact)."""
 
-    completed: set[bytes] = field(default_factory=set)
+    completed: KeySet = field(default_factory=KeySet)
     #: Sources failed somewhere and not complete: the latest ``(stamp, reason)``.
     failed: dict[bytes, tuple[int, str]] = field(default_factory=dict)
     #: Revocations in force (not outdated by a later completion): key -> stamp.
@@ -161,9 +175,7 @@ def union(states: Iterable[WriterState], headers: Iterable[WriterHeader] = ()) -
             mark = (stamp, st.writer_id)
             if key not in revoked or mark > revoked[key]:
                 revoked[key] = mark
-    completed = out.completed
-    for st in states:
-        completed.update(st.completed)
+    completed = out.completed = KeySet.union_of(st.completed for st in states)
     for key, mark in revoked.items():
         if key not in completed:
             out.revoked[key] = mark[0]

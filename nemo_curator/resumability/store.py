@@ -47,7 +47,7 @@ from loguru import logger
 
 from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
-from nemo_curator.resumability.durable import CheckpointRead, WriterLog, read_checkpoint
+from nemo_curator.resumability.durable import CheckpointRead, WriterLog, read_checkpoint, read_writers
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.keys import (
@@ -157,12 +157,18 @@ def preflight(
     config = coerce_checkpoint(checkpoint)
     location = open_location(config, writable=True)
     validate_cache_dir(config.resolved_cache_dir(), config)
-    read = _read(location, config, DEFAULT_RECENT_LIMIT)
+    try:
+        # Headers and closed marks only: the ledger actor reads (and folds) the whole record.
+        writers = read_writers(location)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise describe_access_error(config, exc, "reading the checkpoint") from exc
     if lease is not None:
         try:
             check_no_conflict(
                 location,
-                {w: state.closed is not None for w, state in read.states.items()},
+                writers.closed,
                 shard=shard,
                 lease_s=lease.lease_s,
                 open_here=open_here or (lambda _writer: True),
@@ -171,13 +177,14 @@ def preflight(
             raise
         except Exception as exc:
             raise describe_access_error(config, exc, "reading the other runs' heartbeats") from exc
-    check_fingerprint(config.display, read.headers.values(), fingerprint, description, allow_fingerprint_change)
+    check_fingerprint(config.display, writers.headers.values(), fingerprint, description, allow_fingerprint_change)
     return config
 
 
-def _read(location: Location, config: CheckpointConfig, recent_limit: int) -> CheckpointRead:
+def _read(location: Location, config: CheckpointConfig, recent_limit: int, writer_id: str) -> CheckpointRead:
+    """The whole durable record, with the digests of recent completions of ``writer_id`` only."""
     try:
-        return read_checkpoint(location, recent_limit=recent_limit)
+        return read_checkpoint(location, recent_limit=recent_limit, recent_for={writer_id})
     except CheckpointError:
         raise
     except Exception as exc:
@@ -278,7 +285,7 @@ class CheckpointStore:
             compact_every,
             digest_budget,
         )
-        read = _read(location, config, recent_limit)
+        read = _read(location, config, recent_limit, writer_id)
         overridden = None
         if verify_fingerprint:
             others = [h for w, h in read.headers.items() if w != writer_id]
@@ -408,10 +415,11 @@ class CheckpointStore:
             **own.meta,
         }
         failed_run = [source_id_from_key(k) for k in own.failed]
+        # The ledger takes the union's compact completed set over (``read`` is not used after this).
         self.ledger = SourceLedger(
-            set(read.union.completed), failed_run, recent_limit=self._recent_limit, digest_budget=self._digest_budget
+            read.union.completed, failed_run, recent_limit=self._recent_limit, digest_budget=self._digest_budget
         )
-        self.ledger.restore_recent(own.recent.items(), own.completed.keys())
+        self.ledger.restore_recent(own.recent.items(), own.completed)
         rows = [(key, tkey, num, exp) for key, tasks in own.inflight.items() for tkey, (num, exp) in tasks.items()]
         fix = self.ledger.restore(rows)
         self._rebuild_cache(own)
@@ -441,11 +449,8 @@ class CheckpointStore:
             meta_db = self._dbs[DB_META]
             for key, value in {**self.meta, "app": APP_MARKER, "durable_upto": own.upto}.items():
                 txn.put(key.encode(), encode_meta(value), db=meta_db)
-            by_stamp: dict[int, list[bytes]] = {}
-            for key, stamp in own.completed.items():
-                by_stamp.setdefault(stamp, []).append(key)
-            for stamp in sorted(by_stamp):
-                for value in encode_completion_records(stamp, by_stamp[stamp]):
+            for stamp, keys in own.completed.by_stamp():
+                for value in encode_completion_records(stamp, keys):
                     txn.put(pack_u64(self._next_record), value, db=self._dbs[DB_COMPLETED], append=True)
                     self._next_record += 1
             for key, (stamp, reason) in own.failed.items():
@@ -565,7 +570,7 @@ class CheckpointStore:
 
     def reload(self) -> None:
         """Rebuild the in-memory ledger (and the cache) from the durable record."""
-        read = _read(self.location, self.config, self._recent_limit)
+        read = _read(self.location, self.config, self._recent_limit, self.writer_id)
         if self.writer_id not in read.headers:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint}: this run's header object (ledger/{self.writer_id}/header-*.rec) has "
