@@ -37,12 +37,10 @@ from loguru import logger
 
 from benchmarks.ledger import _make_batches
 from benchmarks.overhead import B1Settings, counting_executor, machine_cpu_seconds
+from benchmarks.synthetic import commit_completed
 from benchmarks.workloads import OUTPUTS_PER_SOURCE, B1Config, b1_initial_tasks, b1_pipeline
 from nemo_curator.backends.registry import make_executor
 from nemo_curator.resumability.config import CheckpointConfig
-from nemo_curator.resumability.digests import EXP_BITS, digests_of, fingerprints
-from nemo_curator.resumability.keys import source_key
-from nemo_curator.resumability.ledger import LedgerUpdate
 from nemo_curator.resumability.store import CheckpointStore
 
 #: Target of issue 12 for the start-up load of 1,000,000 completed sources from object storage.
@@ -199,14 +197,7 @@ def write_completed(checkpoint: CheckpointConfig, n: int, segment: int = 100_000
     start = time.perf_counter()
     for begin in range(0, n, segment):
         ids = [rng.randbytes(16).hex() for _ in range(min(segment, n - begin))]
-        fps = fingerprints([f"{sid}_0" for sid in ids], [1 << EXP_BITS] * len(ids))  # credit 1
-        store.commit(
-            LedgerUpdate(
-                completed=ids,
-                completed_keys=[source_key(s) for s in ids],
-                completed_digests=digests_of(fps, [1] * len(ids)),
-            )
-        )
+        commit_completed(store, ids)
     return store, time.perf_counter() - start
 
 

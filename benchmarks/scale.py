@@ -65,22 +65,13 @@ def id_chunks(n: int, seed: int, chunk: int) -> Iterator[list[str]]:
 
 def write_completed(checkpoint: Any, n: int) -> tuple[Any, float]:
     """A store (left open) whose writer recorded ``n`` completed sources, one segment per ``SEGMENT``."""
-    from nemo_curator.resumability.digests import EXP_BITS, digests_of, fingerprints
-    from nemo_curator.resumability.keys import source_key
-    from nemo_curator.resumability.ledger import LedgerUpdate
+    from benchmarks.synthetic import commit_completed
     from nemo_curator.resumability.store import CheckpointStore
 
     store = CheckpointStore.open(checkpoint, fingerprint=FINGERPRINT, writer_id="scale-writer")
     start = time.perf_counter()
     for ids in id_chunks(n, WRITTEN_SEED, SEGMENT):
-        fps = fingerprints([f"{sid}_0" for sid in ids], [1 << EXP_BITS] * len(ids))  # one task of credit 1
-        store.commit(
-            LedgerUpdate(
-                completed=ids,
-                completed_keys=[source_key(s) for s in ids],
-                completed_digests=digests_of(fps, [1] * len(ids)),
-            )
-        )
+        commit_completed(store, ids)
     return store, time.perf_counter() - start
 
 
