@@ -119,6 +119,20 @@ def test_task_column_round_trips_payloads_sentinels_and_lineage() -> None:
     assert encode_tasks([], []).num_rows == 0
 
 
+def test_packs_are_cut_at_max_bytes_and_keep_order() -> None:
+    small = [NumberTask("d", i) for i in range(6)]
+    big = DocumentBatch("docs", pa.table({"text": ["x" * 50_000]}))
+    tasks = [*small[:3], big, *small[3:]]
+    one_pack = encode_tasks(tasks, [len(tasks)])
+    assert one_pack.num_rows == 1
+    cut = encode_tasks(tasks, [len(tasks)], max_bytes=10_000)
+    rows = cut.column("tasks").to_pylist()
+    # The large task travels alone; the small ones around it keep their packs, in order.
+    assert [len(r) for r in rows] == [3, 1, 3]
+    assert [t.data if isinstance(t, NumberTask) else "big" for t in decode_tasks(cut)] == [0, 1, 2, "big", 3, 4, 5]
+    assert encode_tasks(small, [3, 3], max_bytes=1).num_rows == 6  # every task alone below its own size
+
+
 @given(
     n=st.integers(0, 500),
     inputs=st.integers(1, 50),
@@ -240,6 +254,8 @@ def test_unknown_config_keys_are_rejected() -> None:
         RayDataExecutor(config={"target_max_block_size": 0})
     with pytest.raises(ValueError, match="max_tasks_per_block"):
         RayDataExecutor(config={"max_tasks_per_block": 0})
+    with pytest.raises(ValueError, match="max_bytes_per_block"):
+        RayDataExecutor(config={"max_bytes_per_block": 0})
 
 
 def test_runs_are_quiet_by_default_and_leave_the_users_data_context_alone() -> None:

@@ -12,8 +12,9 @@ scheduling loop, and batching a block row by row about as much per row). A call'
 packed into ``pack_sizes`` rows: as few as possible, but as many as the call multiplied its
 tasks (up to ``spread``, twice the cluster's CPUs), so that what a source or a fan-out made
 still spreads over the workers of the next stage; and never more than ``max_tasks``
-tasks in a pack, so that a pack's tasks are not held up for long by each other, on the way to
-the next stage or (for the last stage) to the driver and the checkpoint. With the executor's
+tasks (nor ``max_bytes`` of pickled tasks) in a pack, so that a pack's tasks are not held up for
+long by each other, on the way to the next stage or (for the last stage) to the driver and the
+checkpoint, and packs of large payloads stay bounded. With the executor's
 default block size every row is a block of its own.
 
 The last stage's outputs of one call travel as one pack: only the driver consumes them, so
@@ -64,8 +65,12 @@ def pack_sizes(n: int, inputs: int, spread: int, max_tasks: int) -> list[int]:
     return [base + 1] * extra + [base] * (packs - extra)
 
 
-def encode_tasks(tasks: list[Task], sizes: list[int] | None = None) -> pa.Table:
-    """The tasks in order, one pack (row) per entry of ``sizes`` (default: one task per pack)."""
+def encode_tasks(tasks: list[Task], sizes: list[int] | None = None, max_bytes: int | None = None) -> pa.Table:
+    """The tasks in order, one pack (row) per entry of ``sizes`` (default: one task per pack).
+
+    With ``max_bytes`` a pack is cut where its pickled tasks would exceed that many bytes (a
+    task larger than that alone is a pack of its own), so packs of large payloads stay bounded.
+    """
     from ray import cloudpickle  # by value for classes defined in ``__main__``
 
     blobs = [cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL) for task in tasks]
@@ -75,9 +80,24 @@ def encode_tasks(tasks: list[Task], sizes: list[int] | None = None) -> pa.Table:
         assert sum(sizes) == len(blobs), (sizes, len(blobs))
         rows, at = [], 0
         for size in sizes:
-            rows.append(blobs[at : at + size])
+            rows.extend(_cut(blobs[at : at + size], max_bytes))
             at += size
     return pa.table({TASKS_COLUMN: pa.array(rows, type=_COLUMN_TYPE)})
+
+
+def _cut(blobs: list[bytes], max_bytes: int | None) -> list[list[bytes]]:
+    """``blobs`` in consecutive runs of at most ``max_bytes`` bytes each (a larger blob alone)."""
+    if max_bytes is None or sum(map(len, blobs)) <= max_bytes:
+        return [blobs]
+    runs: list[list[bytes]] = [[]]
+    held = 0
+    for blob in blobs:
+        if runs[-1] and held + len(blob) > max_bytes:
+            runs.append([])
+            held = 0
+        runs[-1].append(blob)
+        held += len(blob)
+    return runs
 
 
 def decode_tasks(batch: pa.Table) -> list[Task]:
@@ -90,13 +110,14 @@ class Packing:
     """How one stage's callable batches its input and packs its output.
 
     ``batch_size``: tasks per ``process_batch`` call (the stage's own ``batch_size``).
-    ``spread`` and ``max_tasks``: see :func:`pack_sizes`. ``last``: the last stage, whose
-    outputs of one call leave as one pack.
+    ``spread`` and ``max_tasks``: see :func:`pack_sizes`. ``max_bytes``: see :func:`encode_tasks`.
+    ``last``: the last stage, whose outputs of one call leave as one pack (within ``max_bytes``).
     """
 
     batch_size: int = 1
     spread: int = 1
     max_tasks: int = 1
+    max_bytes: int | None = None
     last: bool = False
 
     def sizes(self, n: int, inputs: int) -> list[int]:
@@ -114,7 +135,7 @@ def _run_stage(adapter: StageAdapter, packing: Packing, batch: pa.Table) -> pa.T
         outputs = adapter.process_batch(tasks)
     else:
         outputs = [out for at in range(0, len(tasks), step) for out in adapter.process_batch(tasks[at : at + step])]
-    return encode_tasks(outputs, packing.sizes(len(outputs), len(tasks)))
+    return encode_tasks(outputs, packing.sizes(len(outputs), len(tasks)), packing.max_bytes)
 
 
 class StageBatchFn:

@@ -20,6 +20,7 @@ class RayDataSettings(ExecutorSettings):
     actor_exit_timeout_s: float = 30.0
     target_max_block_size: int = 1
     max_tasks_per_block: int = 32
+    max_bytes_per_block: int = 128 * 1024**2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "actor_pool_size", _pool_size(self.actor_pool_size))
@@ -33,6 +34,9 @@ class RayDataSettings(ExecutorSettings):
         most = self.max_tasks_per_block
         if not isinstance(most, int) or isinstance(most, bool) or most < 1:
             raise ValueError(f"RayDataExecutor: max_tasks_per_block must be an int >= 1, got {most!r}")
+        limit = self.max_bytes_per_block
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"RayDataExecutor: max_bytes_per_block must be an int >= 1 (bytes), got {limit!r}")
         object.__setattr__(self, "show_progress", bool(self.show_progress))
         object.__setattr__(self, "preserve_order", bool(self.preserve_order))
 

@@ -150,6 +150,9 @@ class RayDataExecutor(BaseExecutor):
       and the last stage's outputs reach the driver (and the checkpoint), only once all its
       tasks are done, so a kill redoes at most the packs in flight. ``1`` sends every task on
       its own (measurements in the benchmarks' RESULTS).
+    - ``max_bytes_per_block`` (int bytes, default ``128 * 1024**2``, Ray Data's usual block
+      size): a pack is also cut where its pickled tasks would exceed this (a larger task
+      travels alone), so packs of large payloads stay bounded.
     - ``target_max_block_size`` (int bytes, default 1): Ray Data's block size for the run. The
       default makes every pack a block of its own, so packs spread over parallel workers.
       Larger blocks gather several packs into one Ray task: faster still when the work per
@@ -257,13 +260,23 @@ class RayDataExecutor(BaseExecutor):
         # The initial tasks in packs like any stage's outputs, one block each: they start in parallel.
         sizes = pack_sizes(len(initial_tasks), 1, spread, max_tasks)
         starts = itertools.accumulate(sizes, initial=0)
-        tables = [encode_tasks(initial_tasks[at : at + size], [size]) for at, size in zip(starts, sizes, strict=False)]
+        max_bytes = self.settings.max_bytes_per_block
+        tables = [
+            encode_tasks(initial_tasks[at : at + size], [size], max_bytes)
+            for at, size in zip(starts, sizes, strict=False)
+        ]
         dataset = ray.data.from_arrow(tables or [encode_tasks([])])
         last = len(plan.stages) - 1
         for index, (stage, placement) in enumerate(zip(plan.stages, placements, strict=True)):
             adapter = plan.adapter(index, tracker)
             batch_size = _batch_size(stage)
-            packing = Packing(batch_size=batch_size, spread=spread, max_tasks=max_tasks, last=index == last)
+            packing = Packing(
+                batch_size=batch_size,
+                spread=spread,
+                max_tasks=max_tasks,
+                max_bytes=self.settings.max_bytes_per_block,
+                last=index == last,
+            )
             options: dict[str, Any] = {
                 # Rows are packs: a batch stage gets ``batch_size`` packs per call, so that every
                 # ``process_batch`` call but a run's last ones gets a full batch.
