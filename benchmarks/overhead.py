@@ -96,6 +96,17 @@ class B1Settings:
     work_ms: float = 1.0
     executor_config: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def b1_config(self, sources: int, work_dir: Path, initial_tasks: bool = False) -> B1Config:
+        """The ``B1Config`` of one run with these settings, writing under ``work_dir / "out"``."""
+        return B1Config(
+            sources=sources,
+            out_dir=str(work_dir / "out"),
+            work_ms=self.work_ms,
+            fsync=self.fsync,
+            batch_size=self.batch_size,
+            initial_tasks=initial_tasks,
+        )
+
 
 def counting_executor(name: str, checkpoint: str, config: dict[str, Any] | None = None) -> tuple[Any, TrackerStats]:
     """An executor whose run keeps tracker statistics in the returned ``TrackerStats``.
@@ -151,14 +162,7 @@ def timed_run(
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
-    cfg = B1Config(
-        sources=sources,
-        out_dir=str(work_dir / "out"),
-        work_ms=settings.work_ms,
-        fsync=settings.fsync,
-        batch_size=settings.batch_size,
-        initial_tasks=initial_tasks,
-    )
+    cfg = settings.b1_config(sources, work_dir, initial_tasks)
     pipeline = b1_pipeline(cfg)
     config = settings.executor_config.get(executor_name)
     stats: TrackerStats | None = None

@@ -38,7 +38,7 @@ from loguru import logger
 from benchmarks.ledger import _make_batches
 from benchmarks.overhead import B1Settings, counting_executor, machine_cpu_seconds
 from benchmarks.synthetic import commit_completed
-from benchmarks.workloads import OUTPUTS_PER_SOURCE, B1Config, b1_initial_tasks, b1_pipeline
+from benchmarks.workloads import OUTPUTS_PER_SOURCE, b1_initial_tasks, b1_pipeline
 from nemo_curator.backends.registry import make_executor
 from nemo_curator.resumability.config import CheckpointConfig
 from nemo_curator.resumability.store import CheckpointStore
@@ -90,13 +90,7 @@ def timed_b1(
     """One B1 run in a fresh directory: wall and machine CPU seconds, ledger open / close seconds."""
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    cfg = B1Config(
-        sources=sources,
-        out_dir=str(work_dir / "out"),
-        work_ms=settings.work_ms,
-        fsync=settings.fsync,
-        batch_size=settings.batch_size,
-    )
+    cfg = settings.b1_config(sources, work_dir)
     config = settings.executor_config.get(executor_name)
     stats = None
     if checkpoint is None:
