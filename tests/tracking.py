@@ -24,6 +24,7 @@ class RecordingTracker:
     source_filter: FixedSourceFilter = field(default_factory=FixedSourceFilter)
     batches: list[tuple[float, list[Task]]] = field(default_factory=list)
     closed: list[bool] = field(default_factory=list)
+    workers_started_calls: int = 0
 
     @classmethod
     def skipping(cls, sources: Iterable[str]) -> RecordingTracker:
@@ -32,6 +33,9 @@ class RecordingTracker:
 
     def on_terminal(self, tasks: list[Task]) -> None:
         self.batches.append((time.time(), list(tasks)))
+
+    def workers_started(self) -> None:
+        self.workers_started_calls += 1
 
     def close(self, success: bool, timeout_s: float | None = None) -> None:
         self.closed.append(success)

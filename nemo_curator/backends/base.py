@@ -14,8 +14,11 @@ checkpoint nothing of ``nemo_curator.resumability`` is imported.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -48,6 +51,10 @@ class CompletionTracker(Protocol):
         """Forward the reports of these last-stage outputs (acknowledged, batched)."""
         ...
 
+    def workers_started(self) -> None:
+        """The executor's workers are up (called by executors whose ``ledger_starts_after_workers``)."""
+        ...
+
     def close(self, success: bool, timeout_s: float | None = None) -> None:
         """Flush what is buffered and release the ledger; log the summary.
 
@@ -64,6 +71,9 @@ class NoTracker:
     source_filter: SourceFilter | None = None
 
     def on_terminal(self, tasks: list[Task]) -> None:
+        pass
+
+    def workers_started(self) -> None:
         pass
 
     def close(self, success: bool, timeout_s: float | None = None) -> None:
@@ -209,6 +219,10 @@ class BaseExecutor(ABC):
     """
 
     name: str = "base"
+    #: Whether ``_execute`` calls ``tracker.workers_started()`` once its workers are up; the
+    #: ledger actor of a fresh checkpoint is then started only at that point (or at the first
+    #: report), so that its process start does not delay the workers'.
+    ledger_starts_after_workers: ClassVar[bool] = False
 
     def __init__(
         self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
@@ -242,6 +256,8 @@ class BaseExecutor(ABC):
         tasks = plan.initial_tasks(initial_tasks)
         start = time.perf_counter()
         guard = PreemptionGuard(self.preemption, checkpoint=_checkpoint_location(self.checkpoint))
+        if self.checkpoint is not None:
+            _import_resumability_in_background()
         try:
             with self._runtime(plan):
                 guard.install()  # after ray.init, which installs a SIGTERM handler of its own
@@ -338,6 +354,7 @@ class BaseExecutor(ABC):
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
             shard=parse_shard(self.config.get("shard")),
+            start_after_workers=self.ledger_starts_after_workers,
         )
 
     @abstractmethod
@@ -346,6 +363,23 @@ class BaseExecutor(ABC):
 
         Every batch of last-stage outputs goes to ``tracker.on_terminal`` as it reaches the driver.
         """
+
+
+def _import_resumability_in_background() -> None:
+    """Import the tracker's modules (numpy and LMDB with them) while Ray starts or connects.
+
+    Ray's start-up mostly waits on sockets and processes, so the import overlaps it instead of
+    delaying the first work by a few tenths of a second. ``_open_tracker`` imports the same
+    modules: Python's import locks make it wait for this import or do it itself (an error here
+    is left for that import to raise).
+    """
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module("nemo_curator.resumability.tracker")
+            importlib.import_module("nemo_curator.resumability.actor")
+
+    threading.Thread(target=load, name="import-resumability", daemon=True).start()
 
 
 def _checkpoint_location(checkpoint: Any) -> str | None:

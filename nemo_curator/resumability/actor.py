@@ -37,14 +37,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import ray
 from loguru import logger
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
@@ -58,15 +58,18 @@ from nemo_curator.resumability.liveness import recorded_process_alive, this_proc
 from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.shard import Shard
+from nemo_curator.resumability.source_filter import (
+    NAMESPACE,
+    UNAVAILABLE_TIMEOUT_S,
+    LedgerSourceFilter,
+    _call_with_retry,
+)
 from nemo_curator.resumability.status import LedgerAck, LedgerStatus
 from nemo_curator.resumability.store import CheckpointStore, preflight
 
-NAMESPACE = "nemo_curator"
 ACTOR_NAME_PREFIX = "nemo_curator_ledger_"
 DEFAULT_MAX_RESTARTS = 4
 
-#: How long a caller waits for a restarting actor before giving up.
-UNAVAILABLE_TIMEOUT_S = 180.0
 #: How long a starting run waits for an existing actor's ``owner()`` before refusing (never killing).
 OWNER_TIMEOUT_S = 30.0
 
@@ -169,6 +172,10 @@ class LedgerActor:
         self._sources_skipped += len(done)
         return done
 
+    def count_sources(self, seen: int) -> None:
+        """Count ``seen`` sources the source stage emitted without asking (a fresh checkpoint's filter)."""
+        self._sources_seen += seen
+
     def partition_history(self, stage_name: str) -> list[RecordedGroup]:
         """The group memberships recorded for partitioning stage ``stage_name``, marked complete or not."""
         return recorded_history(self._store.location, stage_name, self._store.completed)
@@ -204,109 +211,6 @@ def _remote_class() -> Any:
     return ray.remote(LedgerActor)
 
 
-@dataclass
-class LedgerSourceFilter:
-    """Picklable worker-side view of the ledger for the source stage.
-
-    ``completed(ids)`` looks the actor up by name (once per process) and asks it which ids are
-    complete. With a ``shard``, ids outside it are answered as complete without asking (the
-    source stage then drops them: this run neither emits nor records them), and the actor
-    counts only the run's own sources. Implements ``nemo_curator.backends.stage_adapter.SourceFilter``.
-    """
-
-    actor_name: str
-    namespace: str
-    checkpoint: str
-    timeout_s: float = UNAVAILABLE_TIMEOUT_S
-    shard: Shard | None = None
-    _actor: Any = field(default=None, init=False, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_actor"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def _lookup(self) -> Any:
-        if self._actor is None:
-            try:
-                self._actor = ray.get_actor(self.actor_name, namespace=self.namespace)
-            except ValueError as exc:
-                raise LedgerUnavailableError(
-                    f"the ledger actor {self.actor_name!r} for checkpoint {self.checkpoint} does not exist (the run "
-                    "that owns it ended or its ledger died); this task cannot tell which sources are complete"
-                ) from exc
-        return self._actor
-
-    def completed(self, source_ids: list[str]) -> set[str]:
-        """The subset of ``source_ids`` already complete in the checkpoint."""
-        if not source_ids:
-            return set()
-        shard = self.shard
-        ids = list(source_ids) if shard is None else [i for i in source_ids if shard.owns(i)]
-        others = set() if shard is None else {i for i in source_ids if not shard.owns(i)}
-        if not ids:
-            return others
-        done = _call_with_retry(
-            lambda: self._lookup().completed.remote(ids),
-            what="completed",
-            checkpoint=self.checkpoint,
-            timeout_s=self.timeout_s,
-            on_retry=self._forget,
-        )
-        return set(done) | others
-
-    def _forget(self) -> None:
-        self._actor = None
-
-    def partition_history(self, stage_name: str) -> list[RecordedGroup]:
-        """The memberships recorded for partitioning stage ``stage_name`` (see ``memberships``)."""
-        return _call_with_retry(
-            lambda: self._lookup().partition_history.remote(stage_name),
-            what="partition_history",
-            checkpoint=self.checkpoint,
-            timeout_s=self.timeout_s,
-            on_retry=self._forget,
-        )
-
-    def record_partitions(self, stage_name: str, generation: int, data: bytes) -> None:
-        """Record memberships durably before their groups are emitted (a resend writes an identical copy)."""
-        _call_with_retry(
-            lambda: self._lookup().record_partitions.remote(stage_name, generation, data),
-            what="record_partitions",
-            checkpoint=self.checkpoint,
-            timeout_s=self.timeout_s,
-            on_retry=self._forget,
-        )
-
-
-def _call_with_retry(make_ref: Any, *, what: str, checkpoint: str, timeout_s: float, on_retry: Any = None) -> Any:
-    """``ray.get`` a call, waiting out actor restarts; ``LedgerUnavailableError`` once it is gone."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        try:
-            return ray.get(make_ref(), timeout=max(1.0, deadline - time.monotonic()))
-        except ActorDiedError as exc:
-            raise LedgerUnavailableError(
-                f"the ledger actor for checkpoint {checkpoint} died for good during {what}() ({exc}). What it had "
-                "acknowledged is recorded; rerun the same pipeline with the same checkpoint to resume"
-            ) from exc
-        except (ActorUnavailableError, RayActorError, GetTimeoutError) as exc:
-            if time.monotonic() >= deadline:
-                raise LedgerUnavailableError(
-                    f"the ledger actor for checkpoint {checkpoint} did not answer {what}() within {timeout_s:.0f} s "
-                    f"({type(exc).__name__}: {exc}). What it had acknowledged is recorded; rerun to resume"
-                ) from exc
-            logger.warning("ledger actor unavailable during {}() ({}); retrying", what, type(exc).__name__)
-            if on_retry is not None:
-                on_retry()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
 class LedgerHandle:
     """Driver-side handle of the run's ledger actor. Use ``LedgerHandle.open``.
 
@@ -324,9 +228,11 @@ class LedgerHandle:
         fingerprint: str,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
         shard: Shard | None = None,
+        fresh: bool = False,
     ) -> None:
         self._actor = actor
         self.shard = shard
+        self.fresh = fresh
         self.name = name
         self.checkpoint = checkpoint
         self.writer_id = writer_id
@@ -338,6 +244,8 @@ class LedgerHandle:
         self._closed = False
         self._startup: Any = None
         self._ready: LedgerStatus | None = None
+        self._start_actor: Callable[[], Any] | None = None
+        self._start_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -352,6 +260,7 @@ class LedgerHandle:
         wait: bool = True,
         shard: Shard | None = None,
         lease: LeaseSettings | None = None,
+        defer_start: bool = False,
     ) -> LedgerHandle:
         """Validate the ``checkpoint`` location and the pipeline, then start the ledger actor.
 
@@ -364,6 +273,12 @@ class LedgerHandle:
         With ``wait=False`` this returns as soon as the actor is submitted (its process starts
         in the background, while the executor starts its workers); ``wait_ready`` then blocks
         until it has loaded the checkpoint. Calls made before that simply queue at the actor.
+
+        With ``defer_start`` and a fresh checkpoint (no record yet: nothing to look up, see
+        ``LedgerSourceFilter``), the actor is not even submitted until ``start`` or the first
+        call that needs it (``wait_ready``, ``report``, ``status``, ``close``...): an executor
+        lets its own workers start first, and the ledger's process start stays off the path to
+        the first work. The checks above have run either way.
         """
         if isinstance(stages_or_fingerprint, str):
             fingerprint, description = stages_or_fingerprint, None
@@ -371,7 +286,7 @@ class LedgerHandle:
             description = describe_fingerprint(list(stages_or_fingerprint))
             fingerprint = fingerprint_of_description(description)
         lease = lease or LeaseSettings()
-        config = preflight(
+        checked = preflight(
             checkpoint,
             fingerprint,
             description,
@@ -380,6 +295,7 @@ class LedgerHandle:
             shard=shard,
             open_here=handle_open_here,
         )
+        config = checked.config
         if not ray.is_initialized():
             raise RuntimeError("LedgerHandle.open needs an initialized Ray (the executor starts it)")
         name = ledger_actor_name(config, shard)
@@ -391,21 +307,44 @@ class LedgerHandle:
             "job_id": ctx.get_job_id(),
             "checkpoint": config.display,
         }
-        actor = _start_actor(
-            name,
-            config.display,
-            args=(config, writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
-            kwargs={"shard": shard, "lease": lease},
-            max_restarts=max_restarts,
-            node_id=ctx.get_node_id(),
-        )
-        handle = cls(actor, name, config.display, writer_id, fingerprint, timeout_s, shard)
-        handle._startup = actor.status.remote()
+        node_id = ctx.get_node_id()
+
+        def start() -> Any:
+            return _start_actor(
+                name,
+                config.display,
+                args=(config, writer_id, fingerprint, description, owner, recent_limit, allow_fingerprint_change),
+                kwargs={"shard": shard, "lease": lease},
+                max_restarts=max_restarts,
+                node_id=node_id,
+            )
+
+        handle = cls(None, name, config.display, writer_id, fingerprint, timeout_s, shard, fresh=checked.fresh)
+        handle._start_actor = start
         with _open_handles_lock:
             _open_handles[name] = writer_id
+        if not (defer_start and checked.fresh):
+            handle.start()
         if wait:
             handle.wait_ready()
         return handle
+
+    @property
+    def started(self) -> bool:
+        """Whether the actor has been submitted (see ``open``'s ``defer_start``)."""
+        return self._actor is not None
+
+    def start(self) -> None:
+        """Submit the actor unless it is already submitted (or the handle closed). Idempotent, thread-safe."""
+        if self._actor is not None:
+            return
+        with self._start_lock:
+            if self._actor is not None or self._closed:
+                return
+            assert self._start_actor is not None, "a LedgerHandle made outside open() starts with its actor"
+            actor = self._start_actor()
+            self._startup = actor.status.remote()
+            self._actor = actor
 
     def wait_ready(self) -> LedgerStatus:
         """Block until the actor has loaded the checkpoint; its status then. Idempotent.
@@ -443,8 +382,10 @@ class LedgerHandle:
     # -- calls --------------------------------------------------------------------------
 
     def _require_open(self) -> Any:
+        """The actor (submitted now if it was deferred); raises once the handle is closed."""
         if self._closed:
             raise LedgerUnavailableError(f"the ledger handle for checkpoint {self.checkpoint} is closed")
+        self.start()
         return self._actor
 
     def report(self, reports: Iterable[Report] | ReportBatch) -> LedgerAck:
@@ -489,7 +430,7 @@ class LedgerHandle:
 
     def source_filter(self) -> LedgerSourceFilter:
         """A picklable object for the source stage's workers (``completed(ids) -> set[str]``)."""
-        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s, self.shard)
+        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s, self.shard, self.fresh)
 
     @property
     def actor(self) -> Any:
@@ -505,6 +446,7 @@ class LedgerHandle:
         with self._lock:
             if self._closed:
                 return None
+            self.start()  # a run whose actor was deferred and never needed still leaves its record
             self._closed = True
             self._forget()
             status = None

@@ -39,6 +39,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,18 @@ def check_fingerprint(
     raise FingerprintMismatchError("\n".join(lines), directory=checkpoint, stored=stored, current=fingerprint)
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What the driver's check before a run found.
+
+    ``fresh``: the checkpoint held no writer's record at all (a header is every writer's first
+    object, so no run had recorded anything, not even a failure), hence no source was complete.
+    """
+
+    config: CheckpointConfig
+    fresh: bool
+
+
 def preflight(
     checkpoint: str | os.PathLike | CheckpointConfig,
     fingerprint: str,
@@ -144,12 +157,12 @@ def preflight(
     lease: LeaseSettings | None = None,
     shard: Shard | None = None,
     open_here: Callable[[str], bool] | None = None,
-) -> CheckpointConfig:
+) -> Preflight:
     """Check the location, the cache directory and the pipeline fingerprint without writing any record.
 
     With ``lease``, also refuse when a live writer may not run beside one with ``shard``
     (``lease.check_no_conflict``; ``open_here(writer_id)`` tells whether a run of this very
-    process is still open). Returns the ``CheckpointConfig``. Raises ``CheckpointError`` /
+    process is still open). Returns a ``Preflight``. Raises ``CheckpointError`` /
     ``FingerprintMismatchError``.
     """
     from nemo_curator.resumability.checkpoint import validate_cache_dir
@@ -178,7 +191,7 @@ def preflight(
         except Exception as exc:
             raise describe_access_error(config, exc, "reading the other runs' heartbeats") from exc
     check_fingerprint(config.display, writers.headers.values(), fingerprint, description, allow_fingerprint_change)
-    return config
+    return Preflight(config, fresh=not writers.headers)
 
 
 def _read(location: Location, config: CheckpointConfig, recent_limit: int, writer_id: str) -> CheckpointRead:

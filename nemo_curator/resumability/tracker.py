@@ -125,6 +125,7 @@ class LedgerTracker:
         *,
         allow_pipeline_change: bool = False,
         shard: Shard | None = None,
+        start_after_workers: bool = False,
         **options: Any,
     ) -> LedgerTracker:
         """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
@@ -132,14 +133,27 @@ class LedgerTracker:
         With ``shard`` the run processes only the sources of that shard (see ``shard``).
 
         The actor loads the checkpoint in the background while the executor starts its workers;
-        a ledger that cannot start fails the run at the tracker's next call.
+        a ledger that cannot start fails the run at the tracker's next call. With
+        ``start_after_workers`` (an executor that calls ``workers_started``) and a fresh
+        checkpoint, the actor is submitted only then, or at the first report if that comes first.
         """
         from nemo_curator.resumability.actor import LedgerHandle
 
         handle = LedgerHandle.open(
-            checkpoint, stages, allow_fingerprint_change=allow_pipeline_change, wait=False, shard=shard
+            checkpoint,
+            stages,
+            allow_fingerprint_change=allow_pipeline_change,
+            wait=False,
+            shard=shard,
+            defer_start=start_after_workers,
         )
         return cls(handle, str(checkpoint), **options)
+
+    def workers_started(self) -> None:
+        """The executor's workers are up: submit the ledger actor now if its start was deferred."""
+        self.handle.start()
+        with self._cond:
+            self._cond.notify_all()
 
     # -- the channel --------------------------------------------------------------------
 
@@ -192,6 +206,9 @@ class LedgerTracker:
 
     def _send_loop(self) -> None:
         try:
+            with self._cond:  # a deferred actor starts with the first report (or workers_started)
+                while not (self.handle.started or self._buffer or self._stop or self._flush_requested):
+                    self._cond.wait()
             status = self.handle.wait_ready()
             with self._cond:
                 self.counts.status = status

@@ -199,6 +199,7 @@ def test_streaming_first_terminal_batch_arrives_before_upstream_is_done(ray_sess
         left_mid = sum(1 for m in mid_times if m <= t)
         assert left_mid <= received + 6, (left_mid, received)
     assert tracker.closed == [True]
+    assert tracker.workers_started_calls == 1  # the ledger of a fresh checkpoint starts after the pools
 
 
 def _tracked_pipeline() -> Pipeline:

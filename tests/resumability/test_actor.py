@@ -75,11 +75,14 @@ def test_reports_are_acknowledged_after_commit_and_workers_can_query(ray_session
         # Acknowledged means committed: a read-only look at the directory already shows it.
         on_disk = checkpoint_status(tmp_path)
         assert set(on_disk["completed"]) == set(ids[:15])
-        # The source stage's question, asked from a Ray worker through the picklable filter.
-        assert ray.get(ask_from_worker.remote(handle.source_filter(), ids)) == ids[:15]
+        # The source stage's question, asked from a Ray worker through the picklable filter. The
+        # checkpoint was fresh when the run started: nothing is complete but what this run completes,
+        # so the filter answers without asking (it only sends the count), see the next test.
+        assert handle.fresh
+        assert ray.get(ask_from_worker.remote(handle.source_filter(), ids)) == []
         assert handle.completed(ids) == set(ids[:15])
-        status = handle.status()
-        assert status.sources_seen == 2 * len(ids) and status.sources_skipped == 30
+        status = _wait_for(handle.status, lambda s: s.sources_seen == 2 * len(ids))
+        assert status.sources_seen == 2 * len(ids) and status.sources_skipped == 15
         assert status.in_flight_sources == (1 if len(by_source[ids[15]]) > 1 else 0)
         rest = [r for sid in ids[15:] for r in by_source[sid]]
         assert handle.report(ReportBatch.from_reports(rest)).completed_sources == 30
@@ -90,6 +93,51 @@ def test_reports_are_acknowledged_after_commit_and_workers_can_query(ray_session
     with pytest.raises(LedgerUnavailableError, match="closed"):
         handle.report(half)
     assert checkpoint_status(tmp_path)["completed_sources"] == 30
+    with LedgerHandle.open(tmp_path, "fp-ack") as again:
+        assert not again.fresh
+        assert ray.get(ask_from_worker.remote(again.source_filter(), ids)) == ids
+        assert again.status().sources_skipped == 30
+
+
+def test_a_fresh_checkpoint_defers_the_actor_and_its_filter_asks_nothing(ray_session: Any, tmp_path: Path) -> None:
+    """The fixed cost of a checkpoint (issue 13): on a fresh checkpoint the ledger actor can start
+    after the executor's workers, and the source stage's filter never waits for it."""
+    by_source = _reports(6)
+    ids = sorted(by_source)
+    handle = LedgerHandle.open(tmp_path, "fp-defer", wait=False, defer_start=True)
+    try:
+        assert handle.fresh and not handle.started
+        assert not _actor_exists(handle.name)
+        # No actor yet: the filter answers (nothing is complete) and its count is dropped.
+        assert ray.get(ask_from_worker.remote(handle.source_filter(), ids)) == []
+        assert not _actor_exists(handle.name)
+        handle.start()
+        assert handle.started and _actor_exists(handle.name)
+        assert handle.report([r for sid in ids for r in by_source[sid]]).completed_sources == 6
+    finally:
+        handle.close()
+    assert checkpoint_status(tmp_path)["completed_sources"] == 6
+    # Not fresh any more: the actor starts at once whatever the caller asked, and the filter asks it.
+    with LedgerHandle.open(tmp_path, "fp-defer", wait=False, defer_start=True) as again:
+        assert not again.fresh and again.started
+        assert ray.get(ask_from_worker.remote(again.source_filter(), ids)) == ids
+
+
+def test_a_deferred_actor_that_was_never_needed_still_records_the_run(ray_session: Any, tmp_path: Path) -> None:
+    handle = LedgerHandle.open(tmp_path, "fp-unused", wait=False, defer_start=True)
+    assert not handle.started
+    handle.close()
+    assert not _actor_exists(handle.name)
+    assert checkpoint_status(tmp_path)["completed_sources"] == 0
+    with LedgerHandle.open(tmp_path, "fp-unused") as again:
+        assert not again.fresh, "the closed run's record should be in the checkpoint"
+
+
+def _wait_for(get: Any, done: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not done(value := get()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
 
 
 def test_a_resent_batch_is_applied_once(ray_session: Any, tmp_path: Path) -> None:
@@ -139,6 +187,7 @@ def test_actor_killed_mid_stream_restarts_from_the_durable_record_nothing_lost_o
 
 
 def test_actor_gone_for_good_is_a_loud_error(ray_session: Any, tmp_path: Path) -> None:
+    LedgerHandle.open(tmp_path, "fp-gone").close()  # not fresh: the source filter asks the actor
     handle = LedgerHandle.open(tmp_path, "fp-gone", timeout_s=20)
     source_filter = handle.source_filter()
     handle.report(_reports(1)[source_id(0)])

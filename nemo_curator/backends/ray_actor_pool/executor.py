@@ -89,6 +89,7 @@ class RayActorPoolExecutor(BaseExecutor):
     """
 
     name = "ray_actor_pool"
+    ledger_starts_after_workers = True
 
     def __init__(
         self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
@@ -125,6 +126,7 @@ class RayActorPoolExecutor(BaseExecutor):
             _create_pools(pools, plan, tracker, counts, requests, self.settings.max_retries)
             watch = CapacityWatch(pools_demand(counts, requests), self.settings.lost_node_grace_s)
             _start_pools(pools, watch)
+            tracker.workers_started()
             logger.info(
                 "ray_actor_pool: {} stage(s) running with actors {} (startup {:.2f}s)",
                 len(pools),
