@@ -52,7 +52,7 @@ class CompletionTracker(Protocol):
         ...
 
     def workers_started(self) -> None:
-        """The executor's workers are up (called by executors whose ``ledger_starts_after_workers``)."""
+        """The executor's workers are up: the ledger may start now (optional; see ``LedgerTracker``)."""
         ...
 
     def close(self, success: bool, timeout_s: float | None = None) -> None:
@@ -219,10 +219,6 @@ class BaseExecutor(ABC):
     """
 
     name: str = "base"
-    #: Whether ``_execute`` calls ``tracker.workers_started()`` once its workers are up; the
-    #: ledger actor of a fresh checkpoint is then started only at that point (or at the first
-    #: report), so that its process start does not delay the workers'.
-    ledger_starts_after_workers: ClassVar[bool] = False
 
     def __init__(
         self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
@@ -354,7 +350,6 @@ class BaseExecutor(ABC):
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
             shard=parse_shard(self.config.get("shard")),
-            start_after_workers=self.ledger_starts_after_workers,
         )
 
     @abstractmethod

@@ -95,11 +95,21 @@ class LedgerSourceFilter:
         return set(done) | others
 
     def _count(self, seen: int) -> None:
-        """Tell the actor how many sources were emitted, unanswered (it only feeds the progress counters)."""
-        try:
-            self._lookup().count_sources.remote(seen)
-        except LedgerUnavailableError as exc:
-            logger.debug("sources emitted but not counted: {}", exc)
+        """Tell the actor how many sources were emitted, unanswered (it only feeds the progress counters).
+
+        The actor of a fresh checkpoint may not exist yet (``LedgerTracker`` defers its start):
+        wait for it as long as a call would, then give the count up.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self._lookup().count_sources.remote(seen)
+                return
+            except LedgerUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    logger.debug("sources emitted but not counted: {}", exc)
+                    return
+            time.sleep(0.25)
 
     def _forget(self) -> None:
         self._actor = None

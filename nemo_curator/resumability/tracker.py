@@ -90,8 +90,10 @@ class LedgerTracker:
         max_buffered_reports: int = 200_000,
         progress_interval_s: float = 15.0,
         show_progress_bar: bool | None = None,
+        defer_ledger_s: float = 30.0,
     ) -> None:
         self.handle = handle
+        self.defer_ledger_s = defer_ledger_s
         self.checkpoint = checkpoint
         self.source_filter = handle.source_filter()
         self.send_at_reports = send_at_reports
@@ -125,7 +127,6 @@ class LedgerTracker:
         *,
         allow_pipeline_change: bool = False,
         shard: Shard | None = None,
-        start_after_workers: bool = False,
         **options: Any,
     ) -> LedgerTracker:
         """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
@@ -133,9 +134,11 @@ class LedgerTracker:
         With ``shard`` the run processes only the sources of that shard (see ``shard``).
 
         The actor loads the checkpoint in the background while the executor starts its workers;
-        a ledger that cannot start fails the run at the tracker's next call. With
-        ``start_after_workers`` (an executor that calls ``workers_started``) and a fresh
-        checkpoint, the actor is submitted only then, or at the first report if that comes first.
+        a ledger that cannot start fails the run at the tracker's next call. On a fresh
+        checkpoint (nothing to look up) the actor is submitted later still, so that its process
+        start does not compete with the executor's own workers: at ``workers_started`` (an
+        executor that knows when its workers are up), at the first report, or ``defer_ledger_s``
+        after the open, whichever comes first.
         """
         from nemo_curator.resumability.actor import LedgerHandle
 
@@ -145,7 +148,7 @@ class LedgerTracker:
             allow_fingerprint_change=allow_pipeline_change,
             wait=False,
             shard=shard,
-            defer_start=start_after_workers,
+            defer_start=True,
         )
         return cls(handle, str(checkpoint), **options)
 
@@ -207,8 +210,11 @@ class LedgerTracker:
     def _send_loop(self) -> None:
         try:
             with self._cond:  # a deferred actor starts with the first report (or workers_started)
+                start_by = time.monotonic() + self.defer_ledger_s
                 while not (self.handle.started or self._buffer or self._stop or self._flush_requested):
-                    self._cond.wait()
+                    if (left := start_by - time.monotonic()) <= 0:
+                        break
+                    self._cond.wait(left)
             status = self.handle.wait_ready()
             with self._cond:
                 self.counts.status = status

@@ -108,12 +108,13 @@ def test_a_fresh_checkpoint_defers_the_actor_and_its_filter_asks_nothing(ray_ses
     try:
         assert handle.fresh and not handle.started
         assert not _actor_exists(handle.name)
-        # No actor yet: the filter answers (nothing is complete) and its count is dropped.
+        # No actor yet: the filter answers (nothing is complete); its count waits for the actor.
         assert ray.get(ask_from_worker.remote(handle.source_filter(), ids)) == []
         assert not _actor_exists(handle.name)
         handle.start()
         assert handle.started and _actor_exists(handle.name)
         assert handle.report([r for sid in ids for r in by_source[sid]]).completed_sources == 6
+        assert _wait_for(handle.status, lambda s: s.sources_seen == 6).sources_seen == 6
     finally:
         handle.close()
     assert checkpoint_status(tmp_path)["completed_sources"] == 6

@@ -84,6 +84,25 @@ def test_a_burst_of_terminal_tasks_is_sent_in_few_calls(ray_session: Any, tmp_pa
     assert tracker.counts.ledger_calls <= 10
 
 
+def test_a_fresh_checkpoints_ledger_starts_late_but_surely(ray_session: Any, tmp_path: Path) -> None:
+    """Deferred (issue 13's fixed cost), the ledger of a fresh checkpoint still starts: at the first
+    report, or ``defer_ledger_s`` after the open when no report and no ``workers_started`` come."""
+    by_report = LedgerTracker.open(tmp_path / "a", STAGES, show_progress_bar=False, defer_ledger_s=3600.0)
+    assert not by_report.handle.started
+    by_report.on_terminal(_terminal(source_id(0), 1))
+    by_report.flush()
+    assert by_report.handle.started
+    by_report.close(success=True)
+    assert checkpoint_status(tmp_path / "a")["completed"] == [source_id(0)]
+
+    by_clock = LedgerTracker.open(tmp_path / "b", STAGES, show_progress_bar=False, defer_ledger_s=0.2)
+    deadline = time.monotonic() + 30
+    while not by_clock.handle.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert by_clock.handle.started
+    by_clock.close(success=True)
+
+
 def test_a_dead_ledger_fails_the_run_loudly_and_records_nothing_false(ray_session: Any, tmp_path: Path) -> None:
     tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False)
     tracker.on_terminal(_terminal(source_id(0), 1))

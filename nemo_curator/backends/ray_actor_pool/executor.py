@@ -89,7 +89,6 @@ class RayActorPoolExecutor(BaseExecutor):
     """
 
     name = "ray_actor_pool"
-    ledger_starts_after_workers = True
 
     def __init__(
         self, config: dict[str, Any] | None = None, checkpoint: str | os.PathLike | CheckpointConfig | None = None
