@@ -441,15 +441,18 @@ class LedgerHandle:
         """Close the store, stop the actor and return its final status; the durable record stays.
 
         Idempotent. When the actor is already gone this returns ``None`` (what it acknowledged is
-        recorded).
+        recorded), and also when it was never started (a deferred start, see ``open``): nothing
+        was reported, so the checkpoint gets no record of this run and stays fresh.
         """
         with self._lock:
             if self._closed:
                 return None
-            self.start()  # a run whose actor was deferred and never needed still leaves its record
             self._closed = True
             self._forget()
             status = None
+            with self._start_lock:  # a start racing with this close finds the handle closed
+                if self._actor is None:
+                    return None
             try:
                 status = ray.get(self._actor.close.remote(), timeout=self.timeout_s)
             except (RayActorError, GetTimeoutError) as exc:

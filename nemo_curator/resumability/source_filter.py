@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 NAMESPACE = "nemo_curator"
 #: How long a caller waits for a restarting actor before giving up.
 UNAVAILABLE_TIMEOUT_S = 180.0
+#: Guards the source filters' counts of sources not yet sent (``LedgerSourceFilter._count``).
+_COUNT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -52,10 +54,14 @@ class LedgerSourceFilter:
     shard: Shard | None = None
     fresh: bool = False
     _actor: Any = field(default=None, init=False, repr=False, compare=False)
+    _uncounted: int = field(default=0, init=False, repr=False, compare=False)
+    _counting: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_actor"] = None
+        state["_uncounted"] = 0
+        state["_counting"] = False
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -82,8 +88,7 @@ class LedgerSourceFilter:
         if not ids:
             return others
         if self.fresh:
-            # Off the source stage's path: looking the actor up by name takes a GCS round trip.
-            threading.Thread(target=self._count, args=(len(ids),), name="count-sources", daemon=True).start()
+            self._count(len(ids))
             return others
         done = _call_with_retry(
             lambda: self._lookup().completed.remote(ids),
@@ -95,21 +100,37 @@ class LedgerSourceFilter:
         return set(done) | others
 
     def _count(self, seen: int) -> None:
-        """Tell the actor how many sources were emitted, unanswered (it only feeds the progress counters).
+        """Add ``seen`` to the sources this process tells the actor about, unanswered (progress counters only).
 
-        The actor of a fresh checkpoint may not exist yet (``LedgerTracker`` defers its start):
-        wait for it as long as a call would, then give the count up.
+        One thread per process sends what has accumulated, off the source stage's path: the
+        actor of a fresh checkpoint may not exist yet (``LedgerTracker`` defers its start), and
+        looking it up by name is a GCS round trip. The thread waits for the actor as long as a
+        call would, then gives the count up.
         """
+        with _COUNT_LOCK:
+            self._uncounted += seen
+            if self._counting:
+                return
+            self._counting = True
+        threading.Thread(target=self._send_counts, name="count-sources", daemon=True).start()
+
+    def _send_counts(self) -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
+            with _COUNT_LOCK:
+                seen = self._uncounted
+                if seen == 0:
+                    self._counting = False
+                    return
             try:
                 self._lookup().count_sources.remote(seen)
-                return
             except LedgerUnavailableError as exc:
-                if time.monotonic() >= deadline:
-                    logger.debug("sources emitted but not counted: {}", exc)
-                    return
-            time.sleep(0.25)
+                if time.monotonic() < deadline:
+                    time.sleep(0.25)
+                    continue
+                logger.debug("{} source(s) emitted but not counted: {}", seen, exc)
+            with _COUNT_LOCK:
+                self._uncounted -= seen
 
     def _forget(self) -> None:
         self._actor = None

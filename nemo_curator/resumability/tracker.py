@@ -127,6 +127,7 @@ class LedgerTracker:
         *,
         allow_pipeline_change: bool = False,
         shard: Shard | None = None,
+        defer_start: bool = True,
         **options: Any,
     ) -> LedgerTracker:
         """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
@@ -134,11 +135,13 @@ class LedgerTracker:
         With ``shard`` the run processes only the sources of that shard (see ``shard``).
 
         The actor loads the checkpoint in the background while the executor starts its workers;
-        a ledger that cannot start fails the run at the tracker's next call. On a fresh
-        checkpoint (nothing to look up) the actor is submitted later still, so that its process
-        start does not compete with the executor's own workers: at ``workers_started`` (an
-        executor that knows when its workers are up), at the first report, or ``defer_ledger_s``
-        after the open, whichever comes first.
+        a ledger that cannot start fails the run at the tracker's next call. With ``defer_start``
+        and a fresh checkpoint (nothing to look up) the actor is submitted later still, so that
+        its process start does not compete with the executor's own workers: at
+        ``workers_started`` (an executor that knows when its workers are up), at the first
+        report, or ``defer_ledger_s`` after the open, whichever comes first. A run that ends
+        before any of these leaves no record. The executor passes ``defer_start=False`` when its
+        source stage asks the ledger itself (``for_checkpoint``: file partitioning's memberships).
         """
         from nemo_curator.resumability.actor import LedgerHandle
 
@@ -148,7 +151,7 @@ class LedgerTracker:
             allow_fingerprint_change=allow_pipeline_change,
             wait=False,
             shard=shard,
-            defer_start=True,
+            defer_start=defer_start,
         )
         return cls(handle, str(checkpoint), **options)
 
@@ -215,6 +218,10 @@ class LedgerTracker:
                     if (left := start_by - time.monotonic()) <= 0:
                         break
                     self._cond.wait(left)
+                if not (self.handle.started or self._buffer):
+                    if self._stop:
+                        return  # stopped before anything was reported: the deferred actor is not needed
+                    self.handle.start()
             status = self.handle.wait_ready()
             with self._cond:
                 self.counts.status = status
@@ -303,10 +310,11 @@ class LedgerTracker:
                 handle_stuck = self._abandon(timeout_s or 0.0)
             else:
                 self._raise_error()
-                if deadline is not None:  # the handle's calls wait at most what is left
-                    self.handle.timeout_s = min(self.handle.timeout_s, max(_left(deadline) or 0.0, 1.0))
-                status = self.handle.status()
-                self.counts.status = status
+                if self.handle.started:  # else nothing was reported: no record, no status
+                    if deadline is not None:  # the handle's calls wait at most what is left
+                        self.handle.timeout_s = min(self.handle.timeout_s, max(_left(deadline) or 0.0, 1.0))
+                    status = self.handle.status()
+                    self.counts.status = status
         finally:
             if self._bar is not None:
                 self._bar.close()

@@ -124,14 +124,14 @@ def test_a_fresh_checkpoint_defers_the_actor_and_its_filter_asks_nothing(ray_ses
         assert ray.get(ask_from_worker.remote(again.source_filter(), ids)) == ids
 
 
-def test_a_deferred_actor_that_was_never_needed_still_records_the_run(ray_session: Any, tmp_path: Path) -> None:
+def test_a_deferred_actor_that_was_never_needed_is_never_started(ray_session: Any, tmp_path: Path) -> None:
     handle = LedgerHandle.open(tmp_path, "fp-unused", wait=False, defer_start=True)
     assert not handle.started
-    handle.close()
-    assert not _actor_exists(handle.name)
-    assert checkpoint_status(tmp_path)["completed_sources"] == 0
+    assert handle.close() is None
+    handle.start()  # after close: still nothing
+    assert not handle.started and not _actor_exists(handle.name)
     with LedgerHandle.open(tmp_path, "fp-unused") as again:
-        assert not again.fresh, "the closed run's record should be in the checkpoint"
+        assert again.fresh, "a run that reported nothing should leave the checkpoint fresh"
 
 
 def _wait_for(get: Any, done: Any, timeout_s: float = 30.0) -> Any:

@@ -16,8 +16,10 @@ from typing import Any
 from loguru import logger
 
 from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
+from nemo_curator.backends.ray_data import RayDataExecutor
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.resumability.actor import LedgerHandle
+from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.stages.file_partitioning import FilePartitioningStage
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import EmptyTask
@@ -103,3 +105,14 @@ def test_file_removed_from_a_complete_group_is_announced(ray_session: Any, tmp_p
     (message,) = [w for w in warnings if "part-0001.jsonl" in w]
     assert "is no longer in the input; its records stay in that group's output" in message
     assert "source id " in message and "Fix:" in message and str(ckpt) in message
+
+
+def test_file_partitioning_on_a_fresh_checkpoint_without_a_pool(ray_session: Any, tmp_path: Path) -> None:
+    """The ledger of a fresh checkpoint starts late (issue 13) unless the source stage asks it itself:
+    file partitioning records its memberships before the first report, on Ray Data as well."""
+    input_dir, output_dir, log_dir, ckpt = dirs(tmp_path)
+    for i in range(6):
+        write_file(input_dir, f"part-{i:04d}.jsonl")
+    pipeline(input_dir, output_dir, log_dir).run(RayDataExecutor(checkpoint=ckpt))
+    assert set(output_records(output_dir).values()) == {1} and len(output_records(output_dir)) == 12
+    assert checkpoint_status(ckpt)["completed_sources"] == 2

@@ -90,17 +90,31 @@ def test_a_fresh_checkpoints_ledger_starts_late_but_surely(ray_session: Any, tmp
     by_report = LedgerTracker.open(tmp_path / "a", STAGES, show_progress_bar=False, defer_ledger_s=3600.0)
     assert not by_report.handle.started
     by_report.on_terminal(_terminal(source_id(0), 1))
+    _wait_until(lambda: by_report.handle.started)
     by_report.flush()
-    assert by_report.handle.started
     by_report.close(success=True)
     assert checkpoint_status(tmp_path / "a")["completed"] == [source_id(0)]
 
     by_clock = LedgerTracker.open(tmp_path / "b", STAGES, show_progress_bar=False, defer_ledger_s=0.2)
-    deadline = time.monotonic() + 30
-    while not by_clock.handle.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert by_clock.handle.started
+    _wait_until(lambda: by_clock.handle.started)
     by_clock.close(success=True)
+
+    by_executor = LedgerTracker.open(tmp_path / "c", STAGES, show_progress_bar=False, defer_ledger_s=3600.0)
+    by_executor.workers_started()
+    assert by_executor.handle.started
+    by_executor.close(success=True)
+
+    # Closed (or preempted) before anything was reported: no actor, no record, no error.
+    unused = LedgerTracker.open(tmp_path / "d", STAGES, show_progress_bar=False, defer_ledger_s=3600.0)
+    unused.close(success=False, timeout_s=5.0)
+    assert not unused.handle.started
+
+
+def _wait_until(done: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_a_dead_ledger_fails_the_run_loudly_and_records_nothing_false(ray_session: Any, tmp_path: Path) -> None:
