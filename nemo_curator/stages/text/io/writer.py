@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,33 +26,14 @@ from loguru import logger
 
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
-from nemo_curator.stages.text.io.temp_files import sweep_stale_temp_files, temp_name
+from nemo_curator.stages.text.io.atomic import is_local_path, write_atomically
+from nemo_curator.stages.text.io.temp_files import sweep_stale_temp_files
 from nemo_curator.tasks import DocumentBatch, FileGroupTask
 
 #: pandas.DataFrame.to_json options for stable, readable output; ``write_kwargs`` overrides them.
 DEFAULT_WRITE_KWARGS: dict[str, Any] = {"force_ascii": False, "date_format": "iso", "double_precision": 15}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _is_local(path: str) -> bool:
-    from fsspec.core import split_protocol
-
-    return split_protocol(path)[0] in (None, "file", "local")
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError as exc:  # e.g. platforms without directory fds
-        logger.debug("cannot open {} to fsync it: {}", directory, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse fsync on directories
-        logger.debug("fsync of directory {} failed: {}", directory, exc)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -78,7 +58,7 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
         path = os.fspath(self.path)
         if not isinstance(path, str) or not path:
             raise ValueError(f"{self.name}: path must be a non-empty directory path, got {self.path!r}")
-        if _is_local(path):
+        if is_local_path(path):
             # Workers may run in another directory than the driver: pin relative paths now.
             path = os.path.abspath(path.removeprefix("file://").removeprefix("local://"))
         self.path = path.rstrip("/") or "/"
@@ -114,7 +94,7 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
 
     def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
         """Remove the temp files that interrupted writes of an earlier run left in ``path``."""
-        if not _is_local(self.path):
+        if not is_local_path(self.path):
             return
         removed = sweep_stale_temp_files(self.path)
         if removed:
@@ -129,46 +109,8 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
     def process(self, task: DocumentBatch) -> FileGroupTask:
         name = self.file_name(task.task_id)
         payload, records = self.serialize(task)
-        written = self._write_local(name, payload) if _is_local(self.path) else self._write_remote(name, payload)
+        _, storage_options = self._options()
+        written = write_atomically(self.path, name, payload, storage_options)
         metadata = {k: v for k, v in task._metadata.items() if k != "file_stats"}
         metadata.update({"format": "jsonl", "num_records": records, "num_bytes": len(payload)})
         return FileGroupTask(dataset_name=task.dataset_name, data=[written], _metadata=metadata)
-
-    def _write_local(self, name: str, payload: bytes) -> str:
-        os.makedirs(self.path, exist_ok=True)
-        final = os.path.join(self.path, name)
-        tmp = os.path.join(self.path, temp_name(name))
-        try:
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path)
-        return final
-
-    def _write_remote(self, name: str, payload: bytes) -> str:
-        from fsspec.core import url_to_fs
-
-        _, storage_options = self._options()
-        fs, root = url_to_fs(self.path, **storage_options)
-        fs.makedirs(root, exist_ok=True)
-        final = f"{root.rstrip('/')}/{name}"
-        tmp = f"{root.rstrip('/')}/{temp_name(name)}"
-        try:
-            with fs.open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-            fs.mv(tmp, final)
-        except BaseException:
-            try:
-                if fs.exists(tmp):
-                    fs.rm(tmp)
-            except Exception as exc:  # keep the original error; the temp file is hidden anyway
-                logger.debug("could not remove temp file {}: {}", tmp, exc)
-            raise
-        return fs.unstrip_protocol(final)
