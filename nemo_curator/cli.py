@@ -195,19 +195,43 @@ def checkpoint_status_command(location: str, storage_options: tuple[str, ...], a
     """
     from nemo_curator.resumability.errors import CheckpointError
     from nemo_curator.resumability.inspect import checkpoint_status
+    from nemo_curator.resumability.workflow import read_workflow_status
 
     _configure_logging(False)
     options = parse_storage_options(storage_options)
     try:
-        status = checkpoint_status(location, storage_options=options or None)
+        status = read_workflow_status(location, storage_options=options or None)
+        if status is None:
+            status = checkpoint_status(location, storage_options=options or None)
     except (CheckpointError, FileNotFoundError, NotADirectoryError) as exc:
         click.echo(f"Error: cannot read checkpoint {location!r}: {exc}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True, default=str))
+    elif "segments" in status:
+        for line in _readable_workflow_status(status):
+            click.echo(line)
     else:
         for line in _readable_status(location, status):
             click.echo(line)
+
+
+def _readable_workflow_status(status: dict[str, Any]) -> list[str]:
+    """One line per segment of a workflow's checkpoint: complete, or how far its sources got."""
+    segments = status["segments"]
+    done = sum(1 for s in segments if s["complete"])
+    lines = [
+        f"checkpoint: {status['checkpoint']}",
+        f"workflow: {status['workflow']} ({done} of {len(segments)} segments complete)",
+    ]
+    for seg in segments:
+        total = "?" if seg["sources"] is None else seg["sources"]
+        state = "complete" if seg["complete"] else ("not started" if not seg["runs"] else "in progress")
+        line = f"  {seg['index']} {seg['name']}: {state}, {seg['completed_sources']} of {total} sources complete"
+        if seg["failed_sources"]:
+            line += f", {seg['failed_sources']} failed (redone on the next run)"
+        lines.append(line)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ checkpoint nothing of ``nemo_curator.resumability`` is imported.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import math
 import os
@@ -238,6 +239,14 @@ class BaseExecutor(ABC):
             from nemo_curator.resumability.shard import parse_shard
 
             parse_shard(self.config["shard"])  # a bad value fails here, before any run
+
+    def with_checkpoint(self, checkpoint: str | os.PathLike | CheckpointConfig | None) -> Self:
+        """A copy of this executor (same class and settings) that runs with ``checkpoint``."""
+        clone = copy.copy(self)
+        clone.config = dict(self.config)
+        clone.checkpoint = checkpoint
+        clone.last_summary = None
+        return clone
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         """Run ``stages`` and return the last stage's outputs without sentinels.

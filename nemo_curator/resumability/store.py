@@ -166,11 +166,13 @@ def preflight(
     ``FingerprintMismatchError``.
     """
     from nemo_curator.resumability.checkpoint import validate_cache_dir
+    from nemo_curator.resumability.workflow import check_not_a_workflow
 
     config = coerce_checkpoint(checkpoint)
     location = open_location(config, writable=True)
     validate_cache_dir(config.resolved_cache_dir(), config)
     try:
+        check_not_a_workflow(location, config.display)
         # Headers and closed marks only: the ledger actor reads (and folds) the whole record.
         writers = read_writers(location)
     except CheckpointError:

@@ -314,6 +314,12 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
             },
         )
 
+    def group_tasks(self, files: list[FileEntry]) -> list[FileGroupTask]:
+        """The groups of ``files`` (a ``list_files`` result) as tasks, in order, ignoring ``limit``."""
+        groups = self._groups(files)
+        dataset_name = self._dataset_name()
+        return [self._task(index, len(groups), dataset_name, group) for index, group in enumerate(groups)]
+
     def process(self, task: EmptyTask) -> list[FileGroupTask]:
         files = self.list_files()
         checkpoint = getattr(self, "_checkpoint", None)

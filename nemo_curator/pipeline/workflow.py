@@ -1,0 +1,172 @@
+"""Workflows: pipelines run one after the other as *segments*, split at barriers (fan-in points).
+
+A stage whose output depends on every input (a shuffle, a global duplicate search) cannot be
+tracked by source-level credit: a document's fate depends on documents of other sources. A
+workflow splits the job at such a barrier into segments. Each segment is an ordinary
+pipeline; what a barrier hands on is written durably under deterministic names (e.g. one
+file per (upstream source, partition)), and the next segment's sources are read from it.
+
+``run_segments(workflow, segments, executor, inputs)`` runs them with ``executor``:
+- without a checkpoint, each segment runs once, in order (nothing of ``resumability`` is loaded);
+- with ``executor.checkpoint``, each segment runs with a checkpoint of its own under it
+  (``resumability.workflow``), so a killed segment resumes at source level like any pipeline;
+  a segment is recorded complete once its run succeeded with no failed task and every output
+  the next segment reads is present; a rerun skips complete segments, and refuses a checkpoint
+  whose recorded plan (inputs, settings, stages) differs from this one;
+- Ray is started (or joined) once for all segments.
+
+Invariant: segment ``i + 1`` starts only after segment ``i`` is complete (in this run, or
+recorded complete by an earlier one with its outputs still present).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from nemo_curator.pipeline.pipeline import Pipeline
+from nemo_curator.tasks import Task
+
+if TYPE_CHECKING:
+    from nemo_curator.backends.base import BaseExecutor, RunSummary
+
+
+class SegmentFailedError(RuntimeError):
+    """A segment ended with failed tasks (or without its outputs); the segments after it did not run."""
+
+
+@dataclass
+class Segment:
+    """One segment: a pipeline, and how to tell that what it hands on is all there.
+
+    ``missing_outputs()`` returns what the next segment needs and does not find (paths, for
+    the message); an empty list means the segment's outputs are complete. ``sources`` is the
+    segment's number of sources when known in advance (shown by ``checkpoint status``).
+    """
+
+    name: str
+    pipeline: Pipeline
+    missing_outputs: Callable[[], list[str]]
+    initial_tasks: list[Task] | None = None
+    sources: int | None = None
+
+
+@dataclass
+class SegmentResult:
+    """What running (or skipping) one segment did."""
+
+    name: str
+    skipped: bool
+    outputs: list[Task] = field(default_factory=list)
+    seconds: float = 0.0
+    summary: RunSummary | None = None
+
+
+def run_segments(
+    workflow: str, segments: list[Segment], executor: BaseExecutor, inputs: dict[str, Any]
+) -> list[SegmentResult]:
+    """Run ``segments`` in order with ``executor`` (see the module docstring); one result per segment.
+
+    ``inputs`` (JSON-serialisable) describes what the workflow reads; with a checkpoint it is
+    recorded by the first run and a rerun with other inputs is refused.
+    Raises ``SegmentFailedError`` when a segment ends incomplete, and the checkpoint's errors.
+    """
+    from nemo_curator.backends.base import ExecutionPlan
+
+    if not segments:
+        raise ValueError(f"workflow {workflow!r} has no segments")
+    names = [s.name for s in segments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"workflow {workflow!r}: segment names must be distinct, got {names}")
+    built = [s.pipeline.build() for s in segments]
+    record = None
+    if executor.checkpoint is not None:
+        record = _open_record(workflow, segments, built, executor, inputs)
+    widest = max(built, key=lambda stages: sum(max(st.resources.cpus, 0.0) for st in stages))
+    results: list[SegmentResult] = []
+    with executor._runtime(ExecutionPlan.from_stages(widest)):
+        for index, (segment, stages) in enumerate(zip(segments, built, strict=True)):
+            if record is not None and record.segment_done(index, segment.name):
+                results.append(SegmentResult(segment.name, skipped=True))
+                following = index + 1 < len(segments) and not record.segment_done(index + 1, segments[index + 1].name)
+                if following:
+                    _require_outputs_of_done(record, index, segment)
+                logger.info("workflow {}: segment {} ({}) is complete, skipped", workflow, index, segment.name)
+                continue
+            results.append(_run_segment(workflow, index, segment, stages, executor, record))
+    return results
+
+
+def _open_record(
+    workflow: str,
+    segments: list[Segment],
+    built: list[list[Any]],
+    executor: BaseExecutor,
+    inputs: dict[str, Any],
+) -> Any:
+    from nemo_curator.resumability.config import coerce_checkpoint
+    from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
+    from nemo_curator.resumability.workflow import SegmentPlan, WorkflowCheckpoint, WorkflowPlan
+
+    plan_segments = []
+    for segment, stages in zip(segments, built, strict=True):
+        description = describe_fingerprint(stages)
+        plan_segments.append(
+            SegmentPlan(segment.name, fingerprint_of_description(description), description, segment.sources)
+        )
+    assert executor.checkpoint is not None
+    record = WorkflowCheckpoint.open(coerce_checkpoint(executor.checkpoint))
+    if not record.adopt(WorkflowPlan(workflow, inputs, plan_segments)):
+        logger.info("workflow {}: resuming from checkpoint {}", workflow, record.config.display)
+    return record
+
+
+def _require_outputs_of_done(record: Any, index: int, segment: Segment) -> None:
+    from nemo_curator.resumability.workflow import WorkflowOutputsMissingError
+
+    missing = segment.missing_outputs()
+    if missing:
+        listed = "\n".join(f"  - {m}" for m in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise WorkflowOutputsMissingError(
+            f"segment {index} ({segment.name}) is recorded complete in checkpoint {record.config.display}, but "
+            f"outputs the next segment reads are gone:\n{listed}{more}\n"
+            "Fix: restore them, or start over with a new checkpoint location and new output paths"
+        )
+
+
+def _run_segment(
+    workflow: str,
+    index: int,
+    segment: Segment,
+    stages: list[Any],
+    executor: BaseExecutor,
+    record: Any,
+) -> SegmentResult:
+    start = time.perf_counter()
+    runner = executor if record is None else executor.with_checkpoint(record.segment_config(index, segment.name))
+    logger.info("workflow {}: segment {} ({}) starts", workflow, index, segment.name)
+    outputs = runner.execute(stages, segment.initial_tasks)
+    summary = runner.last_summary
+    failed = summary.failed_tasks if summary is not None else 0
+    if failed:
+        raise SegmentFailedError(
+            f"workflow {workflow}: segment {index} ({segment.name}) ended with {failed} failed task(s) (see the "
+            "warnings above); the segments after it did not run. Fix the cause and run again: "
+            + ("only the failed sources are redone" if record is not None else "without a checkpoint all is redone")
+        )
+    missing = segment.missing_outputs()
+    if missing:
+        raise SegmentFailedError(
+            f"workflow {workflow}: segment {index} ({segment.name}) finished, but {len(missing)} of its outputs are "
+            f"missing (first: {missing[0]}); the segments after it did not run. Run again"
+        )
+    seconds = time.perf_counter() - start
+    if record is not None:
+        record.mark_done(index, segment.name, {"outputs": len(outputs), "seconds": round(seconds, 3)})
+    logger.info("workflow {}: segment {} ({}) complete in {:.1f} s", workflow, index, segment.name, seconds)
+    return SegmentResult(segment.name, skipped=False, outputs=outputs, seconds=seconds, summary=summary)

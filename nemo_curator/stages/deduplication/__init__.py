@@ -1,0 +1,1 @@
+"""Deduplication: exact (``nemo_curator.stages.deduplication.exact``)."""

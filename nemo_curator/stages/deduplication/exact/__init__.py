@@ -1,0 +1,18 @@
+"""Exact deduplication, resumable at every step: ``ExactDeduplicationWorkflow``."""
+
+from nemo_curator.stages.deduplication.exact.identification import (
+    ExactDuplicateHashStage,
+    ExactDuplicateIdentificationStage,
+    ShufflePartitionTask,
+)
+from nemo_curator.stages.deduplication.exact.removal import ExactDuplicateRemovalStage
+from nemo_curator.stages.deduplication.exact.workflow import ExactDeduplicationResult, ExactDeduplicationWorkflow
+
+__all__ = [
+    "ExactDeduplicationResult",
+    "ExactDeduplicationWorkflow",
+    "ExactDuplicateHashStage",
+    "ExactDuplicateIdentificationStage",
+    "ExactDuplicateRemovalStage",
+    "ShufflePartitionTask",
+]
