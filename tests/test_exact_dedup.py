@@ -215,7 +215,7 @@ def test_checkpointed_workflow_resumes_skips_and_refuses_what_does_not_fit(ray_s
         make_workflow(tmp_path, text_field="id").run(RayActorPoolExecutor(checkpoint=ckpt))
     changed = tmp_path / "in" / "f0001.jsonl"
     changed.write_text(changed.read_text() + json.dumps({"id": "new", "text": "text 1"}) + "\n")
-    with pytest.raises(WorkflowMismatchError, match="f0001.jsonl changed"):
+    with pytest.raises(WorkflowMismatchError, match=r"f0001\.jsonl changed"):
         make_workflow(tmp_path).run(RayActorPoolExecutor(checkpoint=ckpt))
 
     # A pipeline run on the workflow's checkpoint is refused before any work.
@@ -240,5 +240,5 @@ def test_a_workflow_refuses_a_pipelines_checkpoint_and_lost_intermediate_outputs
     workflow.run(RayActorPoolExecutor(checkpoint=ckpt))
     os.remove(Path(ckpt) / "workflow" / "done-1-identify.json")
     os.remove(Path(partition_dir(workflow.cache_path, 2)) / "group-00000003.parquet")
-    with pytest.raises(WorkflowOutputsMissingError, match="group-00000003.parquet"):
+    with pytest.raises(WorkflowOutputsMissingError, match=r"group-00000003\.parquet"):
         make_workflow(tmp_path, perform_removal=False).run(RayActorPoolExecutor(checkpoint=ckpt))
