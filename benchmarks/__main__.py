@@ -9,7 +9,8 @@ disk: run overhead, durable acknowledgement, start-up load; ``benchmarks.remote`
 (upstream NeMo Curator's own workload on a cluster started beforehand, side by side with upstream
 when ``--peer-python`` names its environment; ``benchmarks.upstream``), ``scale`` (a checkpoint
 of ``--scale-sources`` completed sources, 10,000,000 by default: start-up, resident memory,
-lookup of as many ids; ``benchmarks.scale``).
+lookup of as many ids; ``benchmarks.scale``), ``dedup`` (exact deduplication of 100,000 documents with
+and without a checkpoint, and its resume after a kill at 50 %; ``benchmarks.dedup``).
 
 Writes ``DIR/summary.json`` (rewritten after every section, so a crash keeps what was
 measured), ``DIR/summary.md`` and PNG plots. One local Ray is started for the whole process
@@ -46,7 +47,7 @@ from benchmarks.report import render, write_json
 from nemo_curator.backends import registry
 
 EXECUTORS = tuple(registry.EXECUTORS)
-SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "upstream", "scale")
+SECTIONS = ("overhead", "resume", "ledger", "messages", "remote", "upstream", "scale", "dedup")
 
 #: Sizes of the full suite (the issue's) and of ``--quick`` (a smoke run: under 3 minutes on 2 CPUs).
 FULL = {
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "remote": {},
         "upstream": {},
         "scale": {},
+        "dedup": {},
     }
     failed = False
     if "upstream" in args.sections:  # before the suite's own Ray: its runs join clusters of their own
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             summary["upstream"] = _error(exc)
         write_json(summary, out)
-    needs_ray = {"overhead", "resume", "remote"} & set(args.sections)
+    needs_ray = {"overhead", "resume", "remote", "dedup"} & set(args.sections)
     if needs_ray:
         from nemo_curator.backends.ray_runtime import start_local_ray
 
@@ -341,6 +343,17 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 failed = True
                 summary["remote"] = _error(exc)
+            write_json(summary, out)
+        if "dedup" in args.sections:  # exact deduplication with and without a checkpoint (benchmarks.dedup)
+            from benchmarks.dedup import run_dedup_benchmark
+
+            logger.info("dedup: exact deduplication on {}", list(args.executors))
+            try:
+                summary["dedup"] = run_dedup_benchmark(list(args.executors), work_root, quick=args.quick)
+            except Exception as exc:
+                failed = True
+                summary["dedup"] = _error(exc)
+            failed = failed or any("error" in d for d in summary["dedup"].get("executors", {}).values())
             write_json(summary, out)
     finally:
         if needs_ray:

@@ -229,6 +229,10 @@ def markdown(summary: dict[str, Any], plots_note: str | None = None) -> str:
         from benchmarks.scale import markdown_lines as scale_lines
 
         lines += scale_lines(summary["scale"])
+    if summary.get("dedup"):
+        from benchmarks.dedup import markdown_lines as dedup_lines
+
+        lines += dedup_lines(summary["dedup"])
     plots = summary.get("plots", {})
     lines += ["## Plots", ""]
     if plots_note:

@@ -106,6 +106,14 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         assert measured["completed_sources"] == measured["looked_up_ids"] == scale["completed_sources"]
         assert measured["lookup_complete_ids"] == scale["completed_sources"] // 2
 
+    dedup = summary["dedup"]  # benchmarks.dedup: exact deduplication, with and without a checkpoint, and a resume
+    assert dedup["duplicates"] > 0
+    for executor in EXECUTORS:
+        measured = dedup["executors"][executor]
+        assert _is_number(measured["median_pair_ratio"]) and measured["median_pair_ratio"] > 0, measured
+        assert _is_number(measured["resume_fraction"]) and measured["resume_fraction"] > 0, measured
+        assert [s["name"] for s in measured["segments_at_kill"]] in ([], ["hash", "identify", "remove"])
+
     table = (out / "summary.md").read_text()
     for heading in (
         "Checkpoint overhead",
@@ -116,6 +124,7 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
         "Checkpoint on object storage",
         "Upstream's workload, side by side",
         "Scale of the ledger",
+        "Exact deduplication",
     ):
         assert heading in table
     for executor in EXECUTORS:
