@@ -324,6 +324,15 @@ class BaseExecutor(ABC):
                     )
         return outputs
 
+    def runtime(self, stage_lists: list[list[ProcessingStage]]) -> Any:
+        """Context manager: Ray for several runs of this executor (e.g. a workflow's segments).
+
+        Sized for the widest of ``stage_lists``; runs inside it reuse that Ray instead of
+        starting (and stopping) one each.
+        """
+        widest = max(stage_lists, key=lambda stages: sum(max(s.resources.cpus, 0.0) for s in stages))
+        return self._runtime(ExecutionPlan.from_stages(widest))
+
     def _runtime(self, plan: ExecutionPlan) -> Any:
         """Context manager that makes Ray available for the run (see ``ray_runtime``).
 

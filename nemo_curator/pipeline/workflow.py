@@ -75,8 +75,6 @@ def run_segments(
     recorded by the first run and a rerun with other inputs is refused.
     Raises ``SegmentFailedError`` when a segment ends incomplete, and the checkpoint's errors.
     """
-    from nemo_curator.backends.base import ExecutionPlan
-
     if not segments:
         raise ValueError(f"workflow {workflow!r} has no segments")
     names = [s.name for s in segments]
@@ -86,9 +84,8 @@ def run_segments(
     record = None
     if executor.checkpoint is not None:
         record = _open_record(workflow, segments, built, executor, inputs)
-    widest = max(built, key=lambda stages: sum(max(st.resources.cpus, 0.0) for st in stages))
     results: list[SegmentResult] = []
-    with executor._runtime(ExecutionPlan.from_stages(widest)):
+    with executor.runtime(built):
         for index, (segment, stages) in enumerate(zip(segments, built, strict=True)):
             if record is not None and record.segment_done(index, segment.name):
                 results.append(SegmentResult(segment.name, skipped=True))
