@@ -72,12 +72,20 @@ class Pipeline:
         return "\n".join(lines)
 
     def run(self, executor: BaseExecutor | None = None, initial_tasks: list[Task] | None = None) -> list[Task]:
-        """Run on ``executor`` (default ``XennaExecutor()``); returns the sink's outputs."""
+        """Run on ``executor`` (default ``XennaExecutor()``); returns the sink's outputs.
+
+        A pipeline with barrier stages (``ShuffleStage``) runs as segments split at them
+        (``pipeline.workflow.run_pipeline_with_barriers``), each resumable on its own.
+        """
         stages = self.build()
         if executor is None:
             from nemo_curator.backends.xenna import XennaExecutor
 
             executor = XennaExecutor()
+        if any(getattr(stage, "is_barrier", False) for stage in stages):
+            from nemo_curator.pipeline.workflow import run_pipeline_with_barriers
+
+            return run_pipeline_with_barriers(self.name, stages, executor, initial_tasks)
         return executor.execute(stages, initial_tasks)
 
     def __repr__(self) -> str:

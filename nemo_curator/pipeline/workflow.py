@@ -167,3 +167,67 @@ def _run_segment(
         record.mark_done(index, segment.name, {"outputs": len(outputs), "seconds": round(seconds, 3)})
     logger.info("workflow {}: segment {} ({}) complete in {:.1f} s", workflow, index, segment.name, seconds)
     return SegmentResult(segment.name, skipped=False, outputs=outputs, seconds=seconds, summary=summary)
+
+
+def split_at_barriers(stages: list[Any]) -> list[tuple[str, list[Any]]]:
+    """``(segment name, stages)`` per segment of a pipeline with barrier stages (``is_barrier``).
+
+    A barrier ends its segment with its ``write_stage()`` and starts the next one with its
+    ``read_stages()`` (whose first stage is that segment's source stage). Raises ``ValueError``
+    for a barrier that is first or last, or a stage after a barrier marked ``is_source_stage``.
+    """
+    segments: list[tuple[str, list[Any]]] = []
+    current: list[Any] = []
+    name = "start"
+    for i, stage in enumerate(stages):
+        if not getattr(stage, "is_barrier", False):
+            if segments and getattr(stage, "is_source_stage", False):
+                raise ValueError(
+                    f"stage {stage.name!r} is marked is_source_stage after barrier {segments[-1][0]!r}: after a "
+                    "barrier, the partitions are the sources"
+                )
+            current.append(stage)
+            continue
+        if i == 0 or i == len(stages) - 1:
+            where = "first" if i == 0 else "last"
+            raise ValueError(
+                f"barrier stage {stage.name!r} is the {where} stage; a barrier needs stages before it (whose outputs "
+                "it shuffles) and after it (which write what it groups)"
+            )
+        segments.append((f"{name}-to-{stage.name}", [*current, stage.write_stage()]))
+        current = list(stage.read_stages())
+        name = stage.name
+    segments.append((f"{name}-to-end", current))
+    return segments
+
+
+def run_pipeline_with_barriers(
+    name: str, stages: list[Any], executor: BaseExecutor, initial_tasks: list[Task] | None
+) -> list[Task]:
+    """Run a pipeline with barrier stages as a workflow of segments; returns the last segment's outputs.
+
+    With a checkpoint, the input files of a first stage that lists them (``FilePartitioningStage``)
+    are pinned: a rerun on a changed input is refused (``WorkflowMismatchError``). Any other
+    first stage gets a warning: a change of its input after the first segment completed is not seen.
+    """
+    parts = split_at_barriers(stages)
+    segments = [
+        Segment(seg_name, Pipeline(f"{name}:{seg_name}", stages=seg_stages), lambda: [])
+        for seg_name, seg_stages in parts
+    ]
+    segments[0].initial_tasks = initial_tasks
+    inputs: dict[str, Any] = {}
+    lister = getattr(stages[0], "list_files", None)
+    if callable(lister):
+        if executor.checkpoint is not None:
+            inputs["files"] = [list(entry) for entry in lister()]
+    elif executor.checkpoint is not None:
+        logger.warning(
+            "pipeline {}: its first stage {!r} does not list its input files, so a change of its input after the "
+            "segment before the first barrier completed is not detected (that segment is skipped on a rerun). Fix: "
+            "start with FilePartitioningStage (or JsonlReader), or use a new checkpoint when the input changes",
+            name,
+            stages[0].name,
+        )
+    results = run_segments(f"pipeline:{name}", segments, executor, inputs)
+    return results[-1].outputs

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemo_curator.stages.base import ProcessingStage
-from nemo_curator.stages.deduplication.exact.identification import ids_file_name, read_parquet
+from nemo_curator.stages.deduplication.exact.identification import ids_file_name
 from nemo_curator.stages.resources import Resources
+from nemo_curator.stages.shuffle_files import read_parquet
 from nemo_curator.tasks import DocumentBatch
 
 

@@ -36,14 +36,15 @@ from nemo_curator.pipeline.workflow import Segment, SegmentResult, run_segments
 from nemo_curator.stages.deduplication.exact.identification import (
     ExactDuplicateHashStage,
     ExactDuplicateIdentificationStage,
-    ShufflePartitionTask,
     group_file_name,
     ids_file_name,
     partition_dir,
 )
 from nemo_curator.stages.deduplication.exact.removal import ExactDuplicateRemovalStage
 from nemo_curator.stages.file_partitioning import FilePartitioningStage
+from nemo_curator.stages.shuffle_files import ShufflePartitionTask
 from nemo_curator.stages.task_list import TaskListStage
+from nemo_curator.stages.text.io.atomic import pin_path
 from nemo_curator.stages.text.io.reader import JsonlReaderStage, _split_read_kwargs
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import FileGroupTask
@@ -68,15 +69,6 @@ class ExactDeduplicationResult:
     duplicates: int
     num_partitions: int
     segments: list[SegmentResult] = field(default_factory=list)
-
-
-def _pin(path: str) -> str:
-    """Local paths absolute (workers may run elsewhere), URLs as given, without a trailing slash."""
-    from nemo_curator.stages.text.io.atomic import is_local_path
-
-    if is_local_path(path):
-        path = os.path.abspath(path.removeprefix("file://").removeprefix("local://"))
-    return path.rstrip("/") or "/"
 
 
 class ExactDeduplicationWorkflow:
@@ -113,8 +105,8 @@ class ExactDeduplicationWorkflow:
             isinstance(total_nparts, bool) or not isinstance(total_nparts, int) or total_nparts < 1
         ):
             raise ValueError(f"ExactDeduplicationWorkflow: total_nparts must be a positive int, got {total_nparts!r}")
-        self.output_path = _pin(os.fspath(output_path))
-        self.cache_path = _pin(os.fspath(cache_path)) if cache_path else f"{self.output_path}/{CACHE_DIRNAME}"
+        self.output_path = pin_path(os.fspath(output_path))
+        self.cache_path = pin_path(os.fspath(cache_path)) if cache_path else f"{self.output_path}/{CACHE_DIRNAME}"
         self.ids_path = f"{self.output_path}/{IDS_DIRNAME}"
         self.deduplicated_path = f"{self.output_path}/{OUTPUT_DIRNAME}"
         self.text_field = text_field

@@ -27,6 +27,13 @@ def is_local_path(path: str) -> bool:
     return split_protocol(path)[0] in (None, "file", "local")
 
 
+def pin_path(path: str) -> str:
+    """Local paths absolute (workers may run in another directory), URLs as given; no trailing slash."""
+    if is_local_path(path):
+        path = os.path.abspath(path.removeprefix("file://").removeprefix("local://"))
+    return path.rstrip("/") or "/"
+
+
 def fsync_dir(directory: str) -> None:
     """fsync a directory (so a rename in it is durable); platforms that refuse it are ignored."""
     try:
