@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
+from nemo_curator.cli import cli
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.pipeline.workflow import SegmentFailedError, split_at_barriers
 from nemo_curator.resumability.workflow import WorkflowMismatchError, read_workflow_status
@@ -95,6 +97,11 @@ def test_a_shuffle_barrier_resumes_segment_by_segment_with_the_same_output(ray_s
     status = read_workflow_status(ckpt)
     assert status is not None
     assert [(s["complete"], s["failed_sources"]) for s in status["segments"]] == [(True, 0), (False, 1)]
+    shown = CliRunner().invoke(cli, ["checkpoint", "status", ckpt])
+    assert shown.exit_code == 0, shown.output
+    assert "(1 of 2 segments complete)" in shown.output
+    assert "0 start-to-shuffle: complete, 5 of ? sources complete" in shown.output
+    assert "1 shuffle-to-end: in progress, 2 of ? sources complete, 1 failed (redone on the next run)" in shown.output
     shuffled = {p: p.stat().st_mtime_ns for p in (tmp_path / "ck" / "shuffle").rglob("*.parquet")}
 
     pipeline(tmp_path, "ck", fail_flag=str(flag)).run(RayActorPoolExecutor(checkpoint=ckpt))
