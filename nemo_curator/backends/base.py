@@ -168,7 +168,8 @@ class RunSummary:
 
 #: Config keys every executor accepts (the base class reads them).
 BASE_CONFIG_KEYS = (
-    frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids", "shard"}) | PREEMPTION_CONFIG_KEYS
+    frozenset({"num_cpus", "allow_pipeline_change", "allow_positional_source_ids", "shard", "ledger_in_driver"})
+    | PREEMPTION_CONFIG_KEYS
 )
 
 
@@ -211,7 +212,9 @@ class BaseExecutor(ABC):
     content id, identified by their position, with a warning; refused by default), ``shard``
     (``(index, count)`` or ``"slurm"``: process only that shard of the sources, so that several
     runs can share one checkpoint side by side; needs a checkpoint; see
-    ``nemo_curator.resumability.shard``), and for preemption (see
+    ``nemo_curator.resumability.shard``), ``ledger_in_driver`` (default ``True``: on a fresh
+    checkpoint the ledger runs in the driver process, not in a Ray actor of its own; see
+    ``LedgerHandle.open``), and for preemption (see
     ``nemo_curator.backends.preemption``):
     ``preemption_signals`` (default ``["SIGTERM", "SIGINT"]``; ``[]`` installs no handler),
     ``preemption_grace_s`` (default 30: how long a checkpointed run goes on after the first
@@ -371,6 +374,7 @@ class BaseExecutor(ABC):
             # A source stage that plans against the checkpoint (file partitioning's memberships)
             # asks the actor before the first report: it must exist from the start.
             defer_start=not callable(getattr(plan.stages[plan.source_index], "for_checkpoint", None)),
+            ledger_in_driver=bool(self.config.get("ledger_in_driver", True)),
         )
 
     @abstractmethod

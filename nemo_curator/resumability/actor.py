@@ -111,7 +111,9 @@ def owner_alive(owner: dict[str, Any]) -> bool:
 class LedgerActor:
     """Owns the ``CheckpointStore`` (and its ``SourceLedger``) of one run; runs as a Ray actor.
 
-    Methods run one at a time (no concurrency), in arrival order per caller.
+    Methods run one at a time (no concurrency), in arrival order per caller. With
+    ``in_driver`` it is a plain object of the driver process instead (``LedgerHandle`` then
+    serialises the calls itself).
     """
 
     def __init__(
@@ -125,10 +127,12 @@ class LedgerActor:
         allow_fingerprint_change: bool = False,
         shard: Shard | None = None,
         lease: LeaseSettings | None = None,
+        in_driver: bool = False,
     ) -> None:
         self._owner = dict(owner)
-        self._reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
-        map_large_buffers()  # before the load: its freed buffers go back to the OS (``heap``)
+        self._reconstructed = False if in_driver else ray.get_runtime_context().was_current_actor_reconstructed
+        if not in_driver:
+            map_large_buffers()  # before the load: its freed buffers go back to the OS (``heap``)
         # The driver checked the fingerprint before starting us; checking again here records an
         # allowed override in the file. A restart reopens this run's own file and is not re-checked.
         self._store = CheckpointStore.open(
@@ -143,10 +147,11 @@ class LedgerActor:
             lease=lease,
             shard=shard,
         )
-        # The loaded state (a set of up to millions of keys) lives as long as the actor: keep the
-        # garbage collector from traversing it on every full collection.
-        gc.collect()
-        gc.freeze()
+        if not in_driver:
+            # The loaded state (a set of up to millions of keys) lives as long as the actor: keep
+            # the garbage collector from traversing it on every full collection.
+            gc.collect()
+            gc.freeze()
         meta = self._store.meta
         self._sources_seen = int(meta.get("sources_seen", 0) or 0)
         self._sources_skipped = int(meta.get("sources_skipped", 0) or 0)
@@ -229,8 +234,10 @@ class LedgerHandle:
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
         shard: Shard | None = None,
         fresh: bool = False,
+        in_driver: bool = False,
     ) -> None:
         self._actor = actor
+        self.in_driver = in_driver
         self.shard = shard
         self.fresh = fresh
         self.name = name
@@ -261,6 +268,7 @@ class LedgerHandle:
         shard: Shard | None = None,
         lease: LeaseSettings | None = None,
         defer_start: bool = False,
+        in_driver: bool = False,
     ) -> LedgerHandle:
         """Validate the ``checkpoint`` location and the pipeline, then start the ledger actor.
 
@@ -279,6 +287,13 @@ class LedgerHandle:
         call that needs it (``wait_ready``, ``report``, ``status``, ``close``...): an executor
         lets its own workers start first, and the ledger's process start stays off the path to
         the first work. The checks above have run either way.
+
+        With ``in_driver`` and a fresh checkpoint, the ledger is not a Ray actor at all but an
+        object of this process (made at ``start``), whose calls run in the caller's thread: no
+        worker asks a fresh checkpoint anything, so nothing needs to reach it from elsewhere, and
+        the run saves a Ray worker process (its start and imports, about a second of CPU). It
+        holds the lease and writes the same durable record; it cannot be killed apart from the
+        driver, and the source stage's count of sources is not sent (the progress shows no total).
         """
         if isinstance(stages_or_fingerprint, str):
             fingerprint, description = stages_or_fingerprint, None
@@ -309,7 +324,22 @@ class LedgerHandle:
         }
         node_id = ctx.get_node_id()
 
+        in_driver = in_driver and checked.fresh
+
         def start() -> Any:
+            if in_driver:
+                return LedgerActor(
+                    config,
+                    writer_id,
+                    fingerprint,
+                    description,
+                    owner,
+                    recent_limit,
+                    allow_fingerprint_change,
+                    shard=shard,
+                    lease=lease,
+                    in_driver=True,
+                )
             return _start_actor(
                 name,
                 config.display,
@@ -319,7 +349,17 @@ class LedgerHandle:
                 node_id=node_id,
             )
 
-        handle = cls(None, name, config.display, writer_id, fingerprint, timeout_s, shard, fresh=checked.fresh)
+        handle = cls(
+            None,
+            name,
+            config.display,
+            writer_id,
+            fingerprint,
+            timeout_s,
+            shard,
+            fresh=checked.fresh,
+            in_driver=in_driver,
+        )
         handle._start_actor = start
         with _open_handles_lock:
             _open_handles[name] = writer_id
@@ -343,7 +383,15 @@ class LedgerHandle:
                 return
             assert self._start_actor is not None, "a LedgerHandle made outside open() starts with its actor"
             actor = self._start_actor()
-            self._startup = actor.status.remote()
+            if self.in_driver:
+                self._ready = actor.status()
+                logger.info(
+                    "ledger for checkpoint {}: a new checkpoint; run {} (ledger in the driver)",
+                    self.checkpoint,
+                    self.writer_id,
+                )
+            else:
+                self._startup = actor.status.remote()
             self._actor = actor
 
     def wait_ready(self) -> LedgerStatus:
@@ -351,6 +399,10 @@ class LedgerHandle:
 
         Raises ``CheckpointError`` (and stops the actor) when it could not start.
         """
+        if self.in_driver:
+            self._require_open()
+            assert self._ready is not None
+            return self._ready
         with self._lock:
             if self._ready is not None:
                 return self._ready
@@ -399,6 +451,8 @@ class LedgerHandle:
             actor = self._require_open()
             self._seq += 1
             seq = self._seq
+            if self.in_driver:
+                return actor.report(batch, self._sender, seq)
             # By value: Ray inlines a small batch in the call (a ray.put first doubled the
             # cost of a call, about 4.4 ms of CPU against 2.2 ms) and stores a large one itself.
             return _call_with_retry(
@@ -412,6 +466,9 @@ class LedgerHandle:
         """The subset of ``source_ids`` already complete."""
         actor = self._require_open()
         ids = list(source_ids)
+        if self.in_driver:
+            with self._lock:
+                return set(actor.completed(ids))
         return set(
             _call_with_retry(
                 lambda: actor.completed.remote(ids),
@@ -424,13 +481,24 @@ class LedgerHandle:
     def status(self) -> LedgerStatus:
         """The ledger's counters, see ``LedgerStatus``."""
         actor = self._require_open()
+        if self.in_driver:
+            with self._lock:
+                return actor.status()
         return _call_with_retry(
             lambda: actor.status.remote(), what="status", checkpoint=str(self.checkpoint), timeout_s=self.timeout_s
         )
 
     def source_filter(self) -> LedgerSourceFilter:
         """A picklable object for the source stage's workers (``completed(ids) -> set[str]``)."""
-        return LedgerSourceFilter(self.name, NAMESPACE, str(self.checkpoint), self.timeout_s, self.shard, self.fresh)
+        return LedgerSourceFilter(
+            self.name,
+            NAMESPACE,
+            str(self.checkpoint),
+            self.timeout_s,
+            self.shard,
+            self.fresh,
+            count=not self.in_driver,
+        )
 
     @property
     def actor(self) -> Any:
@@ -453,6 +521,8 @@ class LedgerHandle:
             with self._start_lock:  # a start racing with this close finds the handle closed
                 if self._actor is None:
                     return None
+            if self.in_driver:
+                return self._actor.close()
             try:
                 status = ray.get(self._actor.close.remote(), timeout=self.timeout_s)
             except (RayActorError, GetTimeoutError) as exc:

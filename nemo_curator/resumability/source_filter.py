@@ -53,6 +53,8 @@ class LedgerSourceFilter:
     timeout_s: float = UNAVAILABLE_TIMEOUT_S
     shard: Shard | None = None
     fresh: bool = False
+    #: Send a fresh checkpoint's counts to the actor (``False``: the ledger is in the driver, no actor).
+    count: bool = True
     _actor: Any = field(default=None, init=False, repr=False, compare=False)
     _uncounted: int = field(default=0, init=False, repr=False, compare=False)
     _counting: bool = field(default=False, init=False, repr=False, compare=False)
@@ -88,7 +90,8 @@ class LedgerSourceFilter:
         if not ids:
             return others
         if self.fresh:
-            self._count(len(ids))
+            if self.count:
+                self._count(len(ids))
             return others
         done = _call_with_retry(
             lambda: self._lookup().completed.remote(ids),

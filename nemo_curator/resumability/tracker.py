@@ -128,6 +128,7 @@ class LedgerTracker:
         allow_pipeline_change: bool = False,
         shard: Shard | None = None,
         defer_start: bool = True,
+        ledger_in_driver: bool = False,
         **options: Any,
     ) -> LedgerTracker:
         """Validate the checkpoint, check the pipeline fingerprint and start the ledger actor.
@@ -142,6 +143,8 @@ class LedgerTracker:
         report, or ``defer_ledger_s`` after the open, whichever comes first. A run that ends
         before any of these leaves no record. The executor passes ``defer_start=False`` when its
         source stage asks the ledger itself (``for_checkpoint``: file partitioning's memberships).
+        ``ledger_in_driver`` hosts a fresh checkpoint's ledger in this process instead of a Ray
+        actor (``LedgerHandle.open``'s ``in_driver``).
         """
         from nemo_curator.resumability.actor import LedgerHandle
 
@@ -152,12 +155,18 @@ class LedgerTracker:
             wait=False,
             shard=shard,
             defer_start=defer_start,
+            in_driver=ledger_in_driver and defer_start,
         )
         return cls(handle, str(checkpoint), **options)
 
     def workers_started(self) -> None:
-        """The executor's workers are up: submit the ledger actor now if its start was deferred."""
-        self.handle.start()
+        """The executor's workers are up: submit the ledger actor now if its start was deferred.
+
+        A ledger in the driver is made by the sender thread at the first report instead: it
+        would write its first records on the executor's thread here.
+        """
+        if not self.handle.in_driver:
+            self.handle.start()
         with self._cond:
             self._cond.notify_all()
 
@@ -354,8 +363,9 @@ class LedgerTracker:
             pending,
             waited_s,
         )
-        with contextlib.suppress(Exception):
-            ray.kill(self.handle.actor, no_restart=True)
+        if not self.handle.in_driver:  # a ledger in the driver ends with the process
+            with contextlib.suppress(Exception):
+                ray.kill(self.handle.actor, no_restart=True)
         self._sender.join(_ABANDON_JOIN_S)
         return self._sender.is_alive()
 

@@ -153,3 +153,54 @@ def test_close_with_a_deadline_returns_in_time_from_a_stuck_ledger(ray_session: 
     wait_actor_dead(tracker.handle.actor)
     # What was acknowledged is kept; the unacknowledged source is simply not complete.
     assert _completed_on_disk(tmp_path) == {source_id(0)}
+
+
+def _ledger_actors() -> int:
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", "LedgerActor"), ("state", "=", "ALIVE")], limit=10_000))
+
+
+def test_a_fresh_checkpoints_ledger_can_live_in_the_driver(ray_session: Any, tmp_path: Path) -> None:
+    """``ledger_in_driver``: a fresh checkpoint's ledger is an object of the driver, not a Ray actor; the
+    record it writes is the same, and a resume (no longer fresh) gets an actor again."""
+    from nemo_curator.resumability.actor import LedgerActor
+
+    before = _ledger_actors()
+    tracker = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False, ledger_in_driver=True)
+    assert tracker.handle.in_driver and not tracker.source_filter.count
+    tracker.workers_started()  # not made on the executor's thread: the first report makes it
+    assert not tracker.handle.started
+    tracker.on_terminal(_terminal(source_id(0), 1) + _terminal(source_id(1), 3)[:2])
+    tracker.flush()
+    assert isinstance(tracker.handle.actor, LedgerActor)
+    assert _ledger_actors() == before
+    assert tracker.handle.status().completed_sources == 1
+    tracker.close(success=True)
+    status = checkpoint_status(tmp_path)
+    assert status["completed"] == [source_id(0)] and status["in_flight_sources"] == 1
+
+    resumed = LedgerTracker.open(tmp_path, STAGES, show_progress_bar=False, ledger_in_driver=True)
+    assert not resumed.handle.in_driver and not resumed.handle.fresh
+    assert resumed.source_filter.completed([source_id(0), source_id(1)]) == {source_id(0)}
+    resumed.on_terminal(_terminal(source_id(1), 3))  # an incomplete source is redone whole
+    resumed.close(success=True)
+    assert checkpoint_status(tmp_path)["completed"] == sorted([source_id(0), source_id(1)])
+
+
+def test_an_executor_runs_a_fresh_checkpoint_without_a_ledger_actor(ray_session: Any, tmp_path: Path) -> None:
+    from loguru import logger
+
+    from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
+    from tests.stages import expected_feature_values, feature_pipeline
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
+    try:
+        outputs = feature_pipeline().run(RayActorPoolExecutor(checkpoint=str(tmp_path)))
+    finally:
+        logger.remove(sink)
+    assert sorted(t.data for t in outputs) == expected_feature_values()
+    assert any("(ledger in the driver)" in m for m in messages), messages
+    assert checkpoint_status(tmp_path)["completed_sources"] == 12
+    assert feature_pipeline().run(RayActorPoolExecutor(checkpoint=str(tmp_path))) == []
