@@ -371,9 +371,6 @@ class BaseExecutor(ABC):
             plan.stages,
             allow_pipeline_change=bool(self.config.get("allow_pipeline_change", False)),
             shard=parse_shard(self.config.get("shard")),
-            # A source stage that plans against the checkpoint (file partitioning's memberships)
-            # asks the actor before the first report: it must exist from the start.
-            defer_start=not callable(getattr(plan.stages[plan.source_index], "for_checkpoint", None)),
             ledger_in_driver=bool(self.config.get("ledger_in_driver", True)),
         )
 

@@ -238,6 +238,8 @@ class LedgerHandle:
     ) -> None:
         self._actor = actor
         self.in_driver = in_driver
+        #: The location (set by ``open``; the source filter reads a fresh one's memberships there).
+        self.config: CheckpointConfig | None = None
         self.shard = shard
         self.fresh = fresh
         self.name = name
@@ -361,6 +363,7 @@ class LedgerHandle:
             in_driver=in_driver,
         )
         handle._start_actor = start
+        handle.config = config
         with _open_handles_lock:
             _open_handles[name] = writer_id
         if not (defer_start and checked.fresh):
@@ -498,6 +501,7 @@ class LedgerHandle:
             self.shard,
             self.fresh,
             count=not self.in_driver,
+            config=self.config,
         )
 
     @property

@@ -19,6 +19,7 @@ from nemo_curator.resumability.errors import LedgerUnavailableError
 from nemo_curator.resumability.shard import Shard
 
 if TYPE_CHECKING:
+    from nemo_curator.resumability.config import CheckpointConfig
     from nemo_curator.resumability.memberships import RecordedGroup
 
 #: The Ray namespace of the ledger actors.
@@ -55,6 +56,8 @@ class LedgerSourceFilter:
     fresh: bool = False
     #: Send a fresh checkpoint's counts to the actor (``False``: the ledger is in the driver, no actor).
     count: bool = True
+    #: The location, for a fresh checkpoint's membership records (read and written here, not by the actor).
+    config: CheckpointConfig | None = None
     _actor: Any = field(default=None, init=False, repr=False, compare=False)
     _uncounted: int = field(default=0, init=False, repr=False, compare=False)
     _counting: bool = field(default=False, init=False, repr=False, compare=False)
@@ -138,8 +141,26 @@ class LedgerSourceFilter:
     def _forget(self) -> None:
         self._actor = None
 
+    def _fresh_location(self) -> Any:
+        """The location itself, when the checkpoint is fresh (``None``: ask the actor).
+
+        On a fresh checkpoint no source is complete, so the memberships need no ledger state:
+        they are read and written at the location directly, and the actor (deferred, or absent
+        when the ledger lives in the driver) is not waited for.
+        """
+        if not self.fresh or self.config is None:
+            return None
+        from nemo_curator.resumability.location import open_location
+
+        return open_location(self.config, writable=True)
+
     def partition_history(self, stage_name: str) -> list[RecordedGroup]:
         """The memberships recorded for partitioning stage ``stage_name`` (see ``memberships``)."""
+        location = self._fresh_location()
+        if location is not None:
+            from nemo_curator.resumability.memberships import recorded_history
+
+            return recorded_history(location, stage_name, lambda _ids: [])
         return _call_with_retry(
             lambda: self._lookup().partition_history.remote(stage_name),
             what="partition_history",
@@ -150,6 +171,12 @@ class LedgerSourceFilter:
 
     def record_partitions(self, stage_name: str, generation: int, data: bytes) -> None:
         """Record memberships durably before their groups are emitted (a resend writes an identical copy)."""
+        location = self._fresh_location()
+        if location is not None:
+            from nemo_curator.resumability.memberships import write_record
+
+            write_record(location, stage_name, generation, data)
+            return
         _call_with_retry(
             lambda: self._lookup().record_partitions.remote(stage_name, generation, data),
             what="record_partitions",

@@ -141,8 +141,8 @@ class LedgerTracker:
         its process start does not compete with the executor's own workers: at
         ``workers_started`` (an executor that knows when its workers are up), at the first
         report, or ``defer_ledger_s`` after the open, whichever comes first. A run that ends
-        before any of these leaves no record. The executor passes ``defer_start=False`` when its
-        source stage asks the ledger itself (``for_checkpoint``: file partitioning's memberships).
+        before any of these leaves no record. (A fresh checkpoint's source filter answers without
+        the ledger, memberships of a partitioning stage included: ``LedgerSourceFilter``.)
         ``ledger_in_driver`` hosts a fresh checkpoint's ledger in this process instead of a Ray
         actor (``LedgerHandle.open``'s ``in_driver``).
         """

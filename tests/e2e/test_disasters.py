@@ -31,7 +31,13 @@ def test_worker_killed_mid_run_is_retried_exactly(ray_session, tmp_path: Path, e
 def test_ledger_actor_killed_mid_run_never_skips_wrongly(ray_session, tmp_path: Path, executor: str) -> None:
     from nemo_curator.resumability.errors import LedgerUnavailableError
 
-    cfg = make_cfg(tmp_path, executor, slow_s=0.05, kill_ledger_on="part-0006.jsonl")
+    cfg = make_cfg(
+        tmp_path,
+        executor,
+        slow_s=0.05,
+        kill_ledger_on="part-0006.jsonl",
+        executor_config={"ledger_in_driver": False},  # a ledger actor to kill (not one in the driver)
+    )
     try:
         job.run(cfg)
         finished = True
