@@ -284,3 +284,18 @@ def test_outputs_lost_before_the_done_record_are_refused_with_the_fix(ray_sessio
         WorkflowOutputsMissingError, match=r"(?s)group-00000002\.parquet.*segments/0-hash.*Fix: restore"
     ):
         make_workflow(tmp_path, perform_removal=False).run(RayActorPoolExecutor(checkpoint=ckpt))
+
+
+def test_an_output_inside_the_input_folder_is_no_input_of_the_rerun(ray_session, tmp_path: Path) -> None:
+    docs = small_corpus(tmp_path)
+
+    def workflow() -> ExactDeduplicationWorkflow:
+        return ExactDeduplicationWorkflow(
+            input_path=str(tmp_path / "in"), output_path=str(tmp_path / "in" / "dedup"), total_nparts=2
+        )
+
+    ckpt = str(tmp_path / "ckpt")
+    first = workflow().run(RayActorPoolExecutor(checkpoint=ckpt))
+    again = workflow().run(RayActorPoolExecutor(checkpoint=ckpt))  # was: refused, its outputs "added to the input"
+    assert [s.skipped for s in again.segments] == [True, True, True]
+    assert sorted(records(first.output_path)) == sorted(first_occurrences(docs))
