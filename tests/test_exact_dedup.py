@@ -242,3 +242,60 @@ def test_a_workflow_refuses_a_pipelines_checkpoint_and_lost_intermediate_outputs
     os.remove(Path(partition_dir(workflow.cache_path, 2)) / "group-00000003.parquet")
     with pytest.raises(WorkflowOutputsMissingError, match=r"group-00000003\.parquet"):
         make_workflow(tmp_path, perform_removal=False).run(RayActorPoolExecutor(checkpoint=ckpt))
+
+
+def test_a_sharded_executor_is_refused_before_any_work(ray_session, tmp_path: Path) -> None:
+    """Shards would each record a segment complete with only their own sources done (documents lost)."""
+    small_corpus(tmp_path)
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(
+        ValueError, match=r"shard=\(1, 2\) cannot run a workflow \(checkpoint .*ckpt\).*Fix: drop shard"
+    ):
+        make_workflow(tmp_path).run(RayActorPoolExecutor(config={"shard": (1, 2)}, checkpoint=ckpt))
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_credentials_stay_out_of_the_plan_and_a_rotated_one_still_resumes(tmp_path: Path) -> None:
+    from nemo_curator.resumability.fingerprint import describe_fingerprint
+
+    write_corpus(tmp_path / "in", [["a"], ["a", "b"]])
+
+    def descriptions(secret: str) -> str:
+        workflow = make_workflow(tmp_path, storage_options={"key": "AKIA", "secret": secret})
+        groups = workflow.partitioning.group_tasks(workflow.partitioning.list_files())
+        return json.dumps([describe_fingerprint(s.pipeline.build()) for s in workflow.segments(groups, 3)])
+
+    first = descriptions("s3cr3t-before-rotation")
+    assert "s3cr3t" not in first
+    assert descriptions("s3cr3t-after-rotation") == first
+
+
+def test_outputs_lost_before_the_done_record_are_refused_with_the_fix(ray_session, tmp_path: Path) -> None:
+    """Killed between segment 0's last report and its done record, then a shuffle file lost: no endless 'Run again'."""
+    small_corpus(tmp_path)
+    ckpt = str(tmp_path / "ckpt")
+    workflow = make_workflow(tmp_path, perform_removal=False)
+    workflow.run(RayActorPoolExecutor(checkpoint=ckpt))
+    for done in ("done-0-hash.json", "done-1-identify.json"):
+        os.remove(Path(ckpt) / "workflow" / done)
+    os.remove(Path(partition_dir(workflow.cache_path, 1)) / "group-00000002.parquet")
+    with pytest.raises(
+        WorkflowOutputsMissingError, match=r"(?s)group-00000002\.parquet.*segments/0-hash.*Fix: restore"
+    ):
+        make_workflow(tmp_path, perform_removal=False).run(RayActorPoolExecutor(checkpoint=ckpt))
+
+
+def test_an_output_inside_the_input_folder_is_no_input_of_the_rerun(ray_session, tmp_path: Path) -> None:
+    docs = small_corpus(tmp_path)
+
+    def workflow() -> ExactDeduplicationWorkflow:
+        return ExactDeduplicationWorkflow(
+            input_path=str(tmp_path / "in"), output_path=str(tmp_path / "in" / "dedup"), total_nparts=2
+        )
+
+    ckpt = str(tmp_path / "ckpt")
+    first = workflow().run(RayActorPoolExecutor(checkpoint=ckpt))
+    again = workflow().run(RayActorPoolExecutor(checkpoint=ckpt))  # was: refused, its outputs "added to the input"
+    assert [s.skipped for s in again.segments] == [True, True, True]
+    assert sorted(records(first.output_path)) == sorted(first_occurrences(docs))

@@ -80,6 +80,7 @@ def run_segments(
     names = [s.name for s in segments]
     if len(set(names)) != len(names):
         raise ValueError(f"workflow {workflow!r}: segment names must be distinct, got {names}")
+    _refuse_shard(workflow, executor)
     built = [s.pipeline.build() for s in segments]
     record = None
     if executor.checkpoint is not None:
@@ -96,6 +97,22 @@ def run_segments(
                 continue
             results.append(_run_segment(workflow, index, segment, stages, executor, record))
     return results
+
+
+def _refuse_shard(workflow: str, executor: BaseExecutor) -> None:
+    """A sharded executor cannot run a workflow (raises ``ValueError`` naming the checkpoint and the fix).
+
+    A shard runs only its share of a segment's sources, yet its run ends without a failed task:
+    its ``done`` record would let every shard skip the sources of the others (documents lost).
+    """
+    shard = executor.config.get("shard")
+    if shard is not None:
+        raise ValueError(
+            f"workflow {workflow!r}: config shard={shard!r} cannot run a workflow (checkpoint {executor.checkpoint}): "
+            "each segment ends at a barrier that needs every shard's outputs, and one shard would record a segment "
+            "complete with only its own sources done. Fix: drop shard and run the workflow once; its segments "
+            "resume at source level without it"
+        )
 
 
 def _open_record(
@@ -136,6 +153,21 @@ def _require_outputs_of_done(record: Any, index: int, segment: Segment) -> None:
         )
 
 
+def _refuse_lost_outputs(workflow: str, index: int, segment: Segment, missing: list[str], checkpoint: Any) -> None:
+    """A checkpointed segment ran to the end without writing some outputs: they were lost after their
+    sources were recorded complete, and a rerun would skip those sources again (raises, naming the fix)."""
+    from nemo_curator.resumability.workflow import WorkflowOutputsMissingError
+
+    listed = "\n".join(f"  - {m}" for m in missing[:10])
+    more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise WorkflowOutputsMissingError(
+        f"workflow {workflow}: segment {index} ({segment.name}) ran to the end, but outputs the next segment reads "
+        f"are missing:\n{listed}{more}\nTheir sources are recorded complete in checkpoint "
+        f"{getattr(checkpoint, 'display', checkpoint)}, so a rerun would not write them again. Fix: restore them, "
+        "or start over with a new checkpoint location and new output paths"
+    )
+
+
 def _run_segment(
     workflow: str,
     index: int,
@@ -157,6 +189,8 @@ def _run_segment(
             + ("only the failed sources are redone" if record is not None else "without a checkpoint all is redone")
         )
     missing = segment.missing_outputs()
+    if missing and record is not None:
+        _refuse_lost_outputs(workflow, index, segment, missing, runner.checkpoint)
     if missing:
         raise SegmentFailedError(
             f"workflow {workflow}: segment {index} ({segment.name}) finished, but {len(missing)} of its outputs are "

@@ -7,7 +7,10 @@ What counts, per stage, in order:
 - the stage class (``module.qualname``);
 - its configuration: dataclass fields for dataclass stages, else the public instance attributes,
   plus ``name`` either way; minus ``resources``, ``batch_size`` (they change how, not what, a
-  stage computes) and every attribute the stage lists in ``fingerprint_ignore`` (e.g. input paths).
+  stage computes) and every attribute the stage lists in ``fingerprint_ignore`` (e.g. input paths);
+- never storage options (an attribute ``storage_options``, or that key of a dict attribute such
+  as ``read_kwargs``): they say how to reach the data, not what is computed, they hold
+  credentials that the checkpoint would keep in clear, and a rotated token would refuse a resume.
 
 Values are made canonical so that the hash is stable across processes and runs: dict keys and
 sets are sorted, memory addresses are stripped from reprs, callables and classes count by
@@ -32,7 +35,9 @@ from typing import Any
 FINGERPRINT_VERSION = 1
 
 #: Attributes never part of a stage's fingerprint (they change how, not what, it computes).
-EXCLUDED_ATTRIBUTES = frozenset({"resources", "batch_size", "fingerprint_ignore"})
+EXCLUDED_ATTRIBUTES = frozenset({"resources", "batch_size", "fingerprint_ignore", "storage_options"})
+#: A key left out of every dict attribute (e.g. ``read_kwargs["storage_options"]``).
+EXCLUDED_KEY = "storage_options"
 
 _MAX_DEPTH = 8
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
@@ -114,7 +119,15 @@ def stage_config(stage: Any) -> dict[str, Any]:
     names = [n for n in fields if not n.startswith("_")]
     if "name" not in names:
         names.append("name")
-    return {n: canonical(getattr(stage, n, None)) for n in sorted(set(names)) if n not in ignore}
+    return {
+        n: canonical(_without_storage_options(getattr(stage, n, None))) for n in sorted(set(names)) if n not in ignore
+    }
+
+
+def _without_storage_options(value: Any) -> Any:
+    if isinstance(value, Mapping) and EXCLUDED_KEY in value:
+        return {k: v for k, v in value.items() if k != EXCLUDED_KEY}
+    return value
 
 
 def describe_fingerprint(stages: Sequence[Any]) -> list[dict[str, Any]]:

@@ -217,6 +217,26 @@ class ExactDeduplicationWorkflow:
             missing.extend(f"{directory}/{n}" for n in sorted(wanted - present))
         return missing
 
+    def input_files(self) -> list[tuple[str, int, float | str | None]]:
+        """The listed input files, minus any under ``output_path`` or ``cache_path``.
+
+        An output folder inside the input folder must not feed a rerun: its files would count as
+        inputs added since the first run (refused), and without a checkpoint they would be
+        deduplicated again.
+        """
+        own = (self.output_path, self.cache_path)
+        files = self.partitioning.list_files()
+        kept = [f for f in files if not any(f[0] == root or f[0].startswith(f"{root}/") for root in own)]
+        if len(kept) < len(files):
+            logger.info(
+                "exact deduplication: {} file(s) under the output or cache path left out", len(files) - len(kept)
+            )
+        if not kept:
+            raise FileNotFoundError(
+                f"ExactDeduplicationWorkflow: no input file outside the output path {self.output_path}"
+            )
+        return kept
+
     # -- running ---------------------------------------------------------------------------
 
     def run(self, executor: BaseExecutor | None = None) -> ExactDeduplicationResult:
@@ -225,7 +245,7 @@ class ExactDeduplicationWorkflow:
             from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
 
             executor = RayActorPoolExecutor()
-        files = self.partitioning.list_files()
+        files = self.input_files()
         groups = self.partitioning.group_tasks(files)
         num_partitions = self.num_partitions(len(groups))
         inputs = {
