@@ -64,7 +64,7 @@ def _workflow(cfg: dict[str, Any]) -> Any:
     from nemo_curator.stages.deduplication.exact import ExactDeduplicationWorkflow
 
     return ExactDeduplicationWorkflow(
-        input_path=cfg["input"], output_path=cfg["output"], total_nparts=cfg["partitions"]
+        input_path=cfg["input"], output_path=cfg["output"], total_nparts=cfg["partitions"], perform_removal=True
     )
 
 

@@ -176,7 +176,10 @@ def small_corpus(tmp_path: Path) -> list[tuple[str, str]]:
 
 def make_workflow(tmp_path: Path, **kwargs) -> ExactDeduplicationWorkflow:
     return ExactDeduplicationWorkflow(
-        input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"), total_nparts=3, **kwargs
+        input_path=str(tmp_path / "in"),
+        output_path=str(tmp_path / "out"),
+        total_nparts=3,
+        **{"perform_removal": True, **kwargs},
     )
 
 
@@ -209,7 +212,7 @@ def test_checkpointed_workflow_resumes_skips_and_refuses_what_does_not_fit(ray_s
 
     with pytest.raises(WorkflowMismatchError, match="num_partitions"):
         ExactDeduplicationWorkflow(
-            input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"), total_nparts=4
+            input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"), total_nparts=4, perform_removal=True
         ).run(RayActorPoolExecutor(checkpoint=ckpt))
     with pytest.raises(WorkflowMismatchError, match="text_field"):
         make_workflow(tmp_path, text_field="id").run(RayActorPoolExecutor(checkpoint=ckpt))
@@ -291,7 +294,10 @@ def test_an_output_inside_the_input_folder_is_no_input_of_the_rerun(ray_session,
 
     def workflow() -> ExactDeduplicationWorkflow:
         return ExactDeduplicationWorkflow(
-            input_path=str(tmp_path / "in"), output_path=str(tmp_path / "in" / "dedup"), total_nparts=2
+            input_path=str(tmp_path / "in"),
+            output_path=str(tmp_path / "in" / "dedup"),
+            total_nparts=2,
+            perform_removal=True,
         )
 
     ckpt = str(tmp_path / "ckpt")
@@ -299,3 +305,44 @@ def test_an_output_inside_the_input_folder_is_no_input_of_the_rerun(ray_session,
     again = workflow().run(RayActorPoolExecutor(checkpoint=ckpt))  # was: refused, its outputs "added to the input"
     assert [s.skipped for s in again.segments] == [True, True, True]
     assert sorted(records(first.output_path)) == sorted(first_occurrences(docs))
+
+
+def test_the_removal_refuses_an_input_edited_since_the_workflow_started(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "in", [["a", "b"], ["a"]])
+    workflow = make_workflow(tmp_path)
+    files = workflow.input_files()
+    segments = workflow.segments(workflow.partitioning.group_tasks(files), 3, [list(f) for f in files])
+    remove = segments[2]
+    assert remove.name == "remove" and remove.input_changes is not None
+    assert remove.input_changes() == []
+    edited = tmp_path / "in" / "f0000.jsonl"
+    edited.write_text(edited.read_text().replace('"b"', '"c"'))
+    os.utime(edited, ns=(1, 1))
+    assert remove.input_changes() == [f"file {edited} changed (size or mtime)"]
+
+
+def test_run_segments_checks_a_segments_input_before_it_runs(ray_session, tmp_path: Path) -> None:
+    from nemo_curator.pipeline.workflow import InputChangedError, Segment, run_segments
+    from nemo_curator.stages.task_list import TaskListStage
+    from tests.stages import AddOne, NumberTask
+
+    ran: list[str] = []
+
+    def segment(name: str, changes: list[str]) -> Segment:
+        tasks = [NumberTask(dataset_name="n", data=i) for i in range(2)]
+        pipeline = Pipeline(name, stages=[TaskListStage(tasks), AddOne()])
+        return Segment(name, pipeline, lambda: ran.append(name) or [], input_changes=lambda: changes)
+
+    with pytest.raises(InputChangedError, match=r"(?s)before segment 1 \(second\).*file x changed"):
+        run_segments("t", [segment("first", []), segment("second", ["file x changed"])], RayActorPoolExecutor(), {})
+    assert ran == ["first"]
+
+
+def test_upstream_call_shape_run_initial_tasks_then_executor(ray_session, tmp_path: Path) -> None:
+    docs = small_corpus(tmp_path)
+    workflow = make_workflow(tmp_path)
+    groups = workflow.partitioning.group_tasks(workflow.partitioning.list_files())
+    for group in groups:
+        group._metadata.pop("file_stats")  # as a user would build them: stats are read by the workflow
+    result = workflow.run(groups, RayActorPoolExecutor())
+    assert sorted(records(result.output_path)) == sorted(first_occurrences(docs))

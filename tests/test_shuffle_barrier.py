@@ -112,3 +112,23 @@ def test_a_shuffle_barrier_resumes_segment_by_segment_with_the_same_output(ray_s
 
     with pytest.raises(WorkflowMismatchError, match="num_partitions"):
         pipeline(tmp_path, "ck", partitions=4).run(RayActorPoolExecutor(checkpoint=ckpt))
+
+
+def test_a_barrier_never_reads_files_of_another_run(ray_session, tmp_path: Path) -> None:
+    """Two runs without a checkpoint, other groupings, one shuffle path: each run's partitions hold its rows only."""
+    corpus(tmp_path)
+    shuffle = str(tmp_path / "shuffle")
+
+    def run(files_per_partition: int, out: str) -> int:
+        Pipeline(
+            "pass-through",
+            stages=[
+                JsonlReader(str(tmp_path / "in"), files_per_partition=files_per_partition),
+                ShuffleStage(key="text", num_partitions=2, path=shuffle),
+                JsonlWriter(str(tmp_path / out)),
+            ],
+        ).run(RayActorPoolExecutor())
+        return sum(len(rows) for rows in output(tmp_path / out).values())
+
+    assert run(1, "first") == 60
+    assert run(2, "second") == 60  # the first run's files have other names: they would have been read too

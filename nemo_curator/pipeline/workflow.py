@@ -21,7 +21,9 @@ recorded complete by an earlier one with its outputs still present).
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,10 @@ class SegmentFailedError(RuntimeError):
     """A segment ended with failed tasks (or without its outputs); the segments after it did not run."""
 
 
+class InputChangedError(RuntimeError):
+    """The input changed while the workflow ran (before a segment that reads it again)."""
+
+
 @dataclass
 class Segment:
     """One segment: a pipeline, and how to tell that what it hands on is all there.
@@ -53,6 +59,9 @@ class Segment:
     missing_outputs: Callable[[], list[str]]
     initial_tasks: list[Task] | None = None
     sources: int | None = None
+    #: Called before the segment runs (not when it is skipped): what changed in the input it
+    #: reads since the workflow pinned it (empty: nothing), e.g. a file edited during the run.
+    input_changes: Callable[[], list[str]] | None = None
 
 
 @dataclass
@@ -177,6 +186,14 @@ def _run_segment(
     record: Any,
 ) -> SegmentResult:
     start = time.perf_counter()
+    changes = segment.input_changes() if segment.input_changes is not None else []
+    if changes:
+        listed = "\n".join(f"  - {c}" for c in changes[:10])
+        raise InputChangedError(
+            f"workflow {workflow}: the input changed since the workflow started, before segment {index} "
+            f"({segment.name}) reads it again:\n{listed}\nIts earlier segments were computed from the old input. "
+            "Fix: restore the input and run again, or start over with a new checkpoint location and output path"
+        )
     runner = executor if record is None else executor.with_checkpoint(record.segment_config(index, segment.name))
     logger.info("workflow {}: segment {} ({}) starts", workflow, index, segment.name)
     outputs = runner.execute(stages, segment.initial_tasks)
@@ -203,12 +220,14 @@ def _run_segment(
     return SegmentResult(segment.name, skipped=False, outputs=outputs, seconds=seconds, summary=summary)
 
 
-def split_at_barriers(stages: list[Any]) -> list[tuple[str, list[Any]]]:
+def split_at_barriers(stages: list[Any], run_token: str = "") -> list[tuple[str, list[Any]]]:
     """``(segment name, stages)`` per segment of a pipeline with barrier stages (``is_barrier``).
 
-    A barrier ends its segment with its ``write_stage()`` and starts the next one with its
-    ``read_stages()`` (whose first stage is that segment's source stage). Raises ``ValueError``
-    for a barrier that is first or last, or a stage after a barrier marked ``is_source_stage``.
+    A barrier ends its segment with its ``write_stage(run_token)`` and starts the next one with
+    its ``read_stages(run_token)`` (whose first stage is that segment's source stage): the token
+    keeps one run's (or one checkpoint's) barrier files apart from any other's. Raises
+    ``ValueError`` for a barrier that is first or last, or a stage after a barrier marked
+    ``is_source_stage``.
     """
     segments: list[tuple[str, list[Any]]] = []
     current: list[Any] = []
@@ -228,11 +247,25 @@ def split_at_barriers(stages: list[Any]) -> list[tuple[str, list[Any]]]:
                 f"barrier stage {stage.name!r} is the {where} stage; a barrier needs stages before it (whose outputs "
                 "it shuffles) and after it (which write what it groups)"
             )
-        segments.append((f"{name}-to-{stage.name}", [*current, stage.write_stage()]))
-        current = list(stage.read_stages())
+        segments.append((f"{name}-to-{stage.name}", [*current, stage.write_stage(run_token)]))
+        current = list(stage.read_stages(run_token))
         name = stage.name
     segments.append((f"{name}-to-end", current))
     return segments
+
+
+def barrier_run_token(executor: BaseExecutor) -> str:
+    """Names the barrier files of one checkpoint (stable across its resumes) or of one unckeckpointed run.
+
+    A barrier's partition is every file in its folder, so files of another run (another input,
+    another grouping, an abandoned checkpoint) must never share that folder.
+    """
+    if executor.checkpoint is None:
+        return "run-" + uuid.uuid4().hex[:16]
+    from nemo_curator.resumability.config import coerce_checkpoint
+
+    location = coerce_checkpoint(executor.checkpoint).location_id
+    return "ckpt-" + hashlib.blake2b(location.encode(), digest_size=8).hexdigest()
 
 
 def run_pipeline_with_barriers(
@@ -244,7 +277,7 @@ def run_pipeline_with_barriers(
     are pinned: a rerun on a changed input is refused (``WorkflowMismatchError``). Any other
     first stage gets a warning: a change of its input after the first segment completed is not seen.
     """
-    parts = split_at_barriers(stages)
+    parts = split_at_barriers(stages, barrier_run_token(executor))
     segments = [
         Segment(seg_name, Pipeline(f"{name}:{seg_name}", stages=seg_stages), lambda: [])
         for seg_name, seg_stages in parts

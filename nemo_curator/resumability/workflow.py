@@ -34,13 +34,12 @@ from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.location import Location, describe_access_error, open_location
+from nemo_curator.utils.file_changes import file_changes
 
 WORKFLOW_PREFIX = "workflow"
 PLAN_PATH = f"{WORKFLOW_PREFIX}/plan.json"
 SEGMENTS_PREFIX = "segments"
 PLAN_FORMAT = 1
-#: At most this many differences of each kind in an error message.
-_MAX_LISTED = 10
 
 
 class WorkflowMismatchError(CheckpointError):
@@ -137,26 +136,10 @@ def _input_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
         if a == b:
             continue
         if key == "files" and isinstance(a, list) and isinstance(b, list):
-            diffs.extend(_file_differences(a, b))
+            diffs.extend(file_changes(a, b))
         else:
             diffs.append(f"input {key}: {_short(a)} recorded, {_short(b)} now")
     return diffs
-
-
-def _file_differences(stored: list[list[Any]], current: list[list[Any]]) -> list[str]:
-    """Files added, removed or changed (``[path, size, mtime]`` entries)."""
-    old = {str(e[0]): e for e in stored}
-    new = {str(e[0]): e for e in current}
-    out: list[str] = []
-    for label, paths in (
-        ("removed from the input", sorted(set(old) - set(new))),
-        ("added to the input", sorted(set(new) - set(old))),
-        ("changed (size or mtime)", sorted(p for p in set(old) & set(new) if old[p] != new[p])),
-    ):
-        out.extend(f"file {p} {label}" for p in paths[:_MAX_LISTED])
-        if len(paths) > _MAX_LISTED:
-            out.append(f"... and {len(paths) - _MAX_LISTED} more file(s) {label}")
-    return out
 
 
 def _short(value: Any, limit: int = 100) -> str:
@@ -194,9 +177,12 @@ class WorkflowCheckpoint:
         ``WorkflowMismatchError`` listing the differences and the fix.
         """
         stored = self.stored_plan()
-        if stored is None:
+        first = stored is None
+        if first:
             self.location.write_once(PLAN_PATH, plan.to_json())
-            return True
+            # Two first runs at once both write; the read-back makes all but the last writer's refuse.
+            stored = self.stored_plan()
+            assert stored is not None
         diffs = plan_differences(stored, plan)
         if diffs:
             lines = [
@@ -209,7 +195,7 @@ class WorkflowCheckpoint:
                 "checkpoint location (and a new output path)"
             )
             raise WorkflowMismatchError("\n".join(lines))
-        return False
+        return first
 
     def stored_plan(self) -> WorkflowPlan | None:
         try:

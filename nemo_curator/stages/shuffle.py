@@ -5,7 +5,9 @@ writer])`` runs as two segments (``pipeline.workflow.run_pipeline_with_barriers`
 
 1. the stages before the shuffle, then ``ShuffleWriteStage``: each batch's rows go to the
    partition of their key's hash, one Parquet file per (task, partition) at
-   ``<path>/part-<p>/<task id>.parquet``, empty ones included, written atomically;
+   ``<path>/<run>/part-<p>/<task id>.parquet``, empty ones included, written atomically;
+   ``<run>`` names the checkpoint (the same for all its resumes) or, without one, the run, so
+   that a partition never holds files of another run;
 2. ``ShufflePartitionsStage`` (the source stage: one ``ShufflePartitionTask`` per partition,
    listing its files once the first segment is complete, with an id from the partition number,
    the count and the file names), ``ShuffleReadStage`` (the partition as one ``DocumentBatch``,
@@ -66,21 +68,25 @@ class ShuffleStage(ProcessingStage[DocumentBatch, DocumentBatch]):
             "segments, not with executor.execute"
         )
 
-    def write_stage(self) -> ShuffleWriteStage:
+    def run_path(self, run_token: str) -> str:
+        """Where one run's (or one checkpoint's) partitions go: ``<path>/<run_token>``."""
+        return f"{self.path}/{run_token}" if run_token else self.path
+
+    def write_stage(self, run_token: str = "") -> ShuffleWriteStage:
         return ShuffleWriteStage(
             key=self.key,
             num_partitions=self.num_partitions,
-            path=self.path,
+            path=self.run_path(run_token),
             storage_options=self.storage_options,
             name=f"{self.name}_write",
             resources=self.resources,
         )
 
-    def read_stages(self) -> list[ProcessingStage]:
+    def read_stages(self, run_token: str = "") -> list[ProcessingStage]:
         return [
             ShufflePartitionsStage(
                 num_partitions=self.num_partitions,
-                path=self.path,
+                path=self.run_path(run_token),
                 key=self.key,
                 storage_options=self.storage_options,
                 name=f"{self.name}_partitions",

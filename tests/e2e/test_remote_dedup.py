@@ -27,7 +27,11 @@ def test_dedup_on_object_storage_resumes_on_another_node(ray_session, s3_checkpo
 
     def workflow() -> ExactDeduplicationWorkflow:
         return ExactDeduplicationWorkflow(
-            input_path=str(tmp_path / "in"), output_path=output, total_nparts=3, storage_options=options
+            input_path=str(tmp_path / "in"),
+            output_path=output,
+            total_nparts=3,
+            storage_options=options,
+            perform_removal=True,
         )
 
     first = workflow().run(RayActorPoolExecutor(checkpoint=s3_checkpoint.config("ckpt", s3_checkpoint.new_cache_dir())))

@@ -119,6 +119,9 @@ class ExactDuplicateHashStage(ProcessingStage[FileGroupTask, FileGroupTask]):
 class ExactDuplicateIdentificationStage(ProcessingStage[ShufflePartitionTask, FileGroupTask]):
     """Reads every group file of one partition and writes the ``(ordinal, row)`` of the duplicates to remove.
 
+    The task's ``data`` is the partition's folder and ``_metadata["groups"]`` the number of
+    input groups: it reads ``group-0`` to ``group-<groups - 1>`` there.
+
     Returns a ``FileGroupTask`` naming the ids file, with ``_metadata`` ``documents`` and ``duplicates``.
     """
 
@@ -131,7 +134,9 @@ class ExactDuplicateIdentificationStage(ProcessingStage[ShufflePartitionTask, Fi
     def process(self, task: ShufflePartitionTask) -> FileGroupTask:
         import pyarrow as pa
 
-        tables = [read_parquet(path, self.storage_options) for path in task.data]
+        directory = task.data[0]
+        paths = [f"{directory}/{group_file_name(i)}" for i in range(int(task._metadata["groups"]))]
+        tables = [read_parquet(path, self.storage_options) for path in paths]
         schema = pa.schema([("hash", pa.binary(HASH_BYTES)), ("ordinal", pa.int64()), ("row", pa.int64())])
         table = (
             pa.concat_tables([t.select(schema.names).cast(schema) for t in tables]) if tables else schema.empty_table()

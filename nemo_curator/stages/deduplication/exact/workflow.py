@@ -24,6 +24,7 @@ from other data). Without a checkpoint the segments simply run in order.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from nemo_curator.stages.text.io.atomic import pin_path
 from nemo_curator.stages.text.io.reader import JsonlReaderStage, _split_read_kwargs
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import FileGroupTask
+from nemo_curator.utils.file_changes import file_changes
 
 if TYPE_CHECKING:
     from nemo_curator.backends.base import BaseExecutor
@@ -77,7 +79,8 @@ class ExactDeduplicationWorkflow:
     ``input_blocksize`` / ``input_files_per_partition`` group the input files as
     ``FilePartitioningStage`` does (default: one file per group). ``total_nparts`` is the
     number of hash partitions (default: the square root of the group count, at most 64).
-    ``perform_removal=False`` stops after the duplicate ids. ``storage_options`` reach fsspec
+    ``perform_removal=True`` also writes the deduplicated documents (default ``False``, as
+    upstream: only the duplicate ids). ``storage_options`` reach fsspec
     for the input, output and cache paths.
     """
 
@@ -92,7 +95,7 @@ class ExactDeduplicationWorkflow:
         read_kwargs: dict[str, Any] | None = None,
         write_kwargs: dict[str, Any] | None = None,
         text_field: str = "text",
-        perform_removal: bool = True,
+        perform_removal: bool = False,
         total_nparts: int | None = None,
         cache_path: str | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -134,8 +137,15 @@ class ExactDeduplicationWorkflow:
             return self.total_nparts
         return max(1, min(MAX_DEFAULT_PARTITIONS, math.isqrt(max(groups - 1, 0)) + 1))
 
-    def segments(self, groups: list[FileGroupTask], num_partitions: int) -> list[Segment]:
-        """The workflow's segments for the pinned ``groups`` (see the module docstring)."""
+    def segments(
+        self, groups: list[FileGroupTask], num_partitions: int, files: list[list[Any]] | None = None
+    ) -> list[Segment]:
+        """The workflow's segments for the pinned ``groups`` (see the module docstring).
+
+        ``files`` (``[path, size, mtime]``) is the pinned input: the removal segment, which reads
+        the input again, refuses to start if it changed since (``InputChangedError``).
+        """
+        pinned = [list(f) for f in files] if files is not None else [list(f) for f in _group_files(groups)]
         so = self.storage_options or None
         hash_stage = ExactDuplicateHashStage(
             shuffle_path=self.cache_path,
@@ -144,16 +154,21 @@ class ExactDeduplicationWorkflow:
             read_kwargs=self.read_kwargs or None,
             storage_options=so,
         )
-        upstream = [g.get_deterministic_id() or "" for g in groups]
+        # One digest of the upstream groups' ids, not the list: K tasks of G ids each would make
+        # the driver's plan (and the source stage's pickle) grow as K x G.
+        upstream = hashlib.blake2b(
+            "\n".join(g.get_deterministic_id() or "" for g in groups).encode(), digest_size=16
+        ).hexdigest()
         key = f"md5:{self.text_field}"
         partitions = [
             ShufflePartitionTask(
                 dataset_name="exact_dedup",
-                data=[f"{partition_dir(self.cache_path, p)}/{group_file_name(i)}" for i in range(len(groups))],
+                data=[partition_dir(self.cache_path, p)],
                 partition=p,
                 num_partitions=num_partitions,
                 key=key,
-                upstream=upstream,
+                upstream=[upstream],
+                _metadata={"groups": len(groups)},
             )
             for p in range(num_partitions)
         ]
@@ -197,6 +212,7 @@ class ExactDeduplicationWorkflow:
                     ),
                     lambda: [],
                     sources=len(groups),
+                    input_changes=lambda: file_changes(pinned, self.input_files()),
                 )
             )
         return segments
@@ -239,14 +255,28 @@ class ExactDeduplicationWorkflow:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run(self, executor: BaseExecutor | None = None) -> ExactDeduplicationResult:
-        """Run (or resume, with ``executor.checkpoint``) the deduplication; default executor: the actor pool."""
+    def run(
+        self, initial_tasks: list[FileGroupTask] | None = None, executor: BaseExecutor | None = None
+    ) -> ExactDeduplicationResult:
+        """Run (or resume, with ``executor.checkpoint``) the deduplication; default executor: the actor pool.
+
+        As upstream: ``initial_tasks`` are file groups to use instead of listing ``input_path``
+        (in input order); an executor given as the first argument is taken as ``executor``.
+        """
+        from nemo_curator.backends.base import BaseExecutor
+
+        if isinstance(initial_tasks, BaseExecutor):
+            initial_tasks, executor = None, initial_tasks
         if executor is None:
             from nemo_curator.backends.ray_actor_pool import RayActorPoolExecutor
 
             executor = RayActorPoolExecutor()
-        files = self.input_files()
-        groups = self.partitioning.group_tasks(files)
+        if initial_tasks is None:
+            files = self.input_files()
+            groups = self.partitioning.group_tasks(files)
+        else:
+            groups = self._groups_of(initial_tasks)
+            files = _group_files(groups)
         num_partitions = self.num_partitions(len(groups))
         inputs = {
             "files": [[path, size, mtime] for path, size, mtime in files],
@@ -266,7 +296,7 @@ class ExactDeduplicationWorkflow:
             len(groups),
             num_partitions,
         )
-        results = run_segments(WORKFLOW_NAME, self.segments(groups, num_partitions), executor, inputs)
+        results = run_segments(WORKFLOW_NAME, self.segments(groups, num_partitions, files), executor, inputs)
         return ExactDeduplicationResult(
             ids_path=self.ids_path,
             output_path=self.deduplicated_path if self.perform_removal else None,
@@ -274,6 +304,27 @@ class ExactDeduplicationWorkflow:
             num_partitions=num_partitions,
             segments=results,
         )
+
+    def _groups_of(self, tasks: list[FileGroupTask]) -> list[FileGroupTask]:
+        """Copies of the given groups numbered in order, each file's ``[size, mtime]`` recorded (ids follow content)."""
+        from fsspec.core import url_to_fs
+
+        from nemo_curator.stages.file_partitioning import _mtime
+
+        groups = []
+        for index, task in enumerate(tasks):
+            if not isinstance(task, FileGroupTask):
+                raise TypeError(f"ExactDeduplicationWorkflow: initial task {index} is a {type(task).__name__}")
+            stats = dict(task._metadata.get("file_stats") or {})
+            for path in task.data:
+                if path not in stats:
+                    fs, root = url_to_fs(path, **self.storage_options)
+                    info = fs.info(root)
+                    stats[path] = [int(info.get("size") or 0), _mtime(info)]
+            metadata = {**task._metadata, "partition_index": index, "total_partitions": len(tasks)}
+            metadata["file_stats"] = {p: stats[p] for p in task.data}
+            groups.append(FileGroupTask(dataset_name=task.dataset_name, data=list(task.data), _metadata=metadata))
+        return groups
 
     def _duplicates(self, num_partitions: int) -> int:
         """How many documents the duplicate lists name (from their Parquet footers)."""
@@ -285,3 +336,9 @@ class ExactDeduplicationWorkflow:
             with fsspec.open(f"{self.ids_path}/{ids_file_name(p)}", "rb", **self.storage_options) as f:
                 total += pq.ParquetFile(f).metadata.num_rows
         return total
+
+
+def _group_files(groups: list[FileGroupTask]) -> list[list[Any]]:
+    """``[path, size, mtime]`` of every file of ``groups``, sorted by path."""
+    entries = {p: [p, *g._metadata["file_stats"][p]] for g in groups for p in g.data}
+    return [entries[p] for p in sorted(entries)]
