@@ -32,7 +32,7 @@ from nemo_curator.stages.text.filters import (
     word_count,
 )
 from nemo_curator.stages.text.io.reader import JsonlReader, JsonlReaderStage
-from nemo_curator.stages.text.io.temp_files import is_stale, sweep_stale_temp_files, temp_name
+from nemo_curator.stages.text.io.temp_files import is_stale, sweep_stale_temp_files, temp_name, writer_identity
 from nemo_curator.stages.text.io.writer import JsonlWriter
 from nemo_curator.tasks import DocumentBatch, EmptyTask, FileGroupTask, Task
 
@@ -371,6 +371,38 @@ def test_setup_on_node_sweeps_only_temp_files_whose_writer_is_gone(tmp_path: Pat
     )
     assert sweep_stale_temp_files(str(tmp_path / "missing")) == []
     assert not is_stale("out.jsonl", age_s=10**9) and not is_stale(".keep", age_s=10**9)
+
+
+def _atomic_writers(root: Path) -> list[tuple[ProcessingStage, list[Path]]]:
+    """Each stage that writes with ``write_atomically``, with the directories it writes to."""
+    from nemo_curator.stages.deduplication.exact import ExactDuplicateHashStage, ExactDuplicateIdentificationStage
+
+    return [
+        (JsonlWriter(str(root / "out")), [root / "out"]),
+        (
+            ExactDuplicateHashStage(shuffle_path=str(root / "shuffle"), num_partitions=3),
+            [root / "shuffle" / f"part-{p:05d}" for p in range(3)],
+        ),
+        (ExactDuplicateIdentificationStage(ids_path=str(root / "ids")), [root / "ids"]),
+    ]
+
+
+@pytest.mark.parametrize("which", ["jsonl_writer", "exact_dedup_hash", "exact_dedup_identify"])
+def test_every_atomic_writer_sweeps_its_directories_on_setup(tmp_path: Path, which: str) -> None:
+    """A resumed stage removes what its killed predecessor's interrupted writes left, in every directory it writes."""
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(exited.stdout)
+    (stage, directories) = next((s, d) for s, d in _atomic_writers(tmp_path) if s.name == which)
+    planted, live = [], []
+    for directory in directories:
+        directory.mkdir(parents=True)
+        planted.append(directory / f".x.parquet.tmp-{writer_identity()}-{dead_pid}-{'0' * 16}")
+        live.append(directory / temp_name("y.parquet"))  # this process's: a write in progress
+        for path in (planted[-1], live[-1]):
+            path.write_bytes(b"half")
+    stage.setup_on_node()
+    assert not any(p.exists() for p in planted)
+    assert all(p.exists() for p in live)
 
 
 def test_writer_rejects_tasks_without_usable_ids(tmp_path: Path) -> None:

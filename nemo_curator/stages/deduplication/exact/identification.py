@@ -12,6 +12,9 @@ position in the workflow's pinned plan (``_metadata["partition_index"]``) and it
 batch ``JsonlReaderStage`` reads for that group (file order, then line order).
 
 Invariants:
+- a crash can leave hidden temp files of these atomic writes; each stage's ``setup_on_node``
+  removes those of writers that are gone (``atomic.sweep_interrupted_writes``), so a resumed
+  run leaves the same files as an uninterrupted one;
 - the hash stage writes all ``num_partitions`` files of a group, empty ones included, so partition
   ``p`` holds every document whose hash falls in it exactly when all its group files exist;
 - a partition is assigned by the hash alone (its first 8 bytes modulo ``num_partitions``), so
@@ -30,7 +33,7 @@ from typing import Any
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.stages.shuffle_files import ShufflePartitionTask, read_parquet, table_bytes
-from nemo_curator.stages.text.io.atomic import write_atomically
+from nemo_curator.stages.text.io.atomic import sweep_interrupted_writes, write_atomically
 from nemo_curator.stages.text.io.reader import JsonlReaderStage
 from nemo_curator.tasks import FileGroupTask
 
@@ -74,6 +77,10 @@ class ExactDuplicateHashStage(ProcessingStage[FileGroupTask, FileGroupTask]):
     name: str = "exact_dedup_hash"
     resources: Resources = field(default_factory=lambda: Resources(cpus=1.0))
     batch_size: int = 1
+
+    def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
+        """Remove the temp files that writes interrupted by a crash left in the partition directories."""
+        sweep_interrupted_writes((partition_dir(self.shuffle_path, p) for p in range(self.num_partitions)), self.name)
 
     def process(self, task: FileGroupTask) -> FileGroupTask:
         import numpy as np
@@ -130,6 +137,10 @@ class ExactDuplicateIdentificationStage(ProcessingStage[ShufflePartitionTask, Fi
     name: str = "exact_dedup_identify"
     resources: Resources = field(default_factory=lambda: Resources(cpus=1.0))
     batch_size: int = 1
+
+    def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
+        """Remove the temp files that writes interrupted by a crash left in ``ids_path``."""
+        sweep_interrupted_writes([self.ids_path], self.name)
 
     def process(self, task: ShufflePartitionTask) -> FileGroupTask:
         import pyarrow as pa

@@ -6,18 +6,21 @@ temp file beside the final name (``temp_files.temp_name``) and renames it over `
   durable when the call returns (a completion report sent afterwards never outruns it);
 - elsewhere, the temp object is written and moved with ``fs.mv`` (on object stores a copy: the
   final name is still only ever made from a complete temp object).
-A crash can leave the hidden temp file behind; ``temp_files.sweep_stale_temp_files`` removes it.
+A crash can leave the hidden temp file behind; a stage that writes with ``write_atomically``
+calls ``sweep_interrupted_writes`` on its output directories in ``setup_on_node``, so a resumed
+run leaves the same files as an uninterrupted one (``temp_files`` says which temp files go).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
 
-from nemo_curator.stages.text.io.temp_files import temp_name
+from nemo_curator.stages.text.io.temp_files import sweep_stale_temp_files, temp_name
 
 
 def is_local_path(path: str) -> bool:
@@ -98,3 +101,28 @@ def _write_remote(directory: str, name: str, payload: bytes, storage_options: di
             logger.debug("could not remove temp file {}: {}", tmp, exc)
         raise
     return fs.unstrip_protocol(final)
+
+
+def sweep_interrupted_writes(directories: Iterable[str], owner: str) -> int:
+    """Remove the stale temp files that crashed writes left in ``directories`` (``temp_files`` rules).
+
+    Only local directories are swept: listing an object store prefix of millions of files would
+    cost more than it saves (hidden objects are skipped by readers). ``owner`` names the stage
+    in the log line. Returns how many files were removed.
+    """
+    removed = 0
+    for directory in directories:
+        if not is_local_path(directory):
+            continue
+        local = os.path.abspath(directory.removeprefix("file://").removeprefix("local://"))
+        names = sweep_stale_temp_files(local)
+        if names:
+            removed += len(names)
+            logger.info(
+                "{}: removed {} temp file(s) left in {} by interrupted writes (e.g. {})",
+                owner,
+                len(names),
+                local,
+                names[0],
+            )
+    return removed

@@ -22,12 +22,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from loguru import logger
-
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
-from nemo_curator.stages.text.io.atomic import is_local_path, write_atomically
-from nemo_curator.stages.text.io.temp_files import sweep_stale_temp_files
+from nemo_curator.stages.text.io.atomic import is_local_path, sweep_interrupted_writes, write_atomically
 from nemo_curator.tasks import DocumentBatch, FileGroupTask
 
 #: pandas.DataFrame.to_json options for stable, readable output; ``write_kwargs`` overrides them.
@@ -94,17 +91,7 @@ class JsonlWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
 
     def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
         """Remove the temp files that interrupted writes of an earlier run left in ``path``."""
-        if not is_local_path(self.path):
-            return
-        removed = sweep_stale_temp_files(self.path)
-        if removed:
-            logger.info(
-                "{}: removed {} temp file(s) left in {} by interrupted writes (e.g. {})",
-                self.name,
-                len(removed),
-                self.path,
-                removed[0],
-            )
+        sweep_interrupted_writes([self.path], self.name)
 
     def process(self, task: DocumentBatch) -> FileGroupTask:
         name = self.file_name(task.task_id)
