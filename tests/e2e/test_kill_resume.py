@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ def kill_tree(pid: int) -> None:
     kill_process_tree(pid)
 
 
-def start_job(cfg: dict[str, Any]) -> subprocess.Popen:
+def start_job(cfg: dict[str, Any], module: str = "tests.e2e.job") -> subprocess.Popen:
+    """Run ``python -m <module> <cfg as JSON>`` in a new session (so its whole tree can be killed)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.job", json.dumps(cfg)],
+        [sys.executable, "-m", module, json.dumps(cfg)],
         cwd=REPO,
         env=env,
         start_new_session=True,
@@ -68,12 +70,14 @@ def start_job(cfg: dict[str, Any]) -> subprocess.Popen:
     )
 
 
-def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 240) -> int:
-    """Start the job, SIGKILL its process tree once ``kill_at_outputs`` outputs exist; return its PID."""
-    proc = start_job(cfg)
+def kill_when(proc: subprocess.Popen, reached: Callable[[], bool], timeout_s: float = 240) -> int:
+    """SIGKILL ``proc``'s process tree once ``reached()`` is true (polled); return its PID.
+
+    Fails the test if the job ends or the time runs out first; the tree is killed either way.
+    """
     deadline = time.monotonic() + timeout_s
     try:
-        while len(output_files(cfg)) < kill_at_outputs:
+        while not reached():
             if proc.poll() is not None:
                 out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
                 pytest.fail(f"job ended (rc={proc.returncode}) before the kill point:\n{out[-4000:]}")
@@ -84,6 +88,11 @@ def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 2
         kill_tree(proc.pid)
         proc.wait(timeout=30)
     return proc.pid
+
+
+def run_and_kill(cfg: dict[str, Any], kill_at_outputs: int, timeout_s: float = 240) -> int:
+    """Start the job, SIGKILL its process tree once ``kill_at_outputs`` outputs exist; return its PID."""
+    return kill_when(start_job(cfg), lambda: len(output_files(cfg)) >= kill_at_outputs, timeout_s)
 
 
 #: Midway on every executor; the early and late kills (what the shared ledger holds at the kill)
