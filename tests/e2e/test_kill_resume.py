@@ -70,8 +70,8 @@ def start_job(cfg: dict[str, Any], module: str = "tests.e2e.job") -> subprocess.
     )
 
 
-def kill_when(proc: subprocess.Popen, reached: Callable[[], bool], timeout_s: float = 240) -> int:
-    """SIGKILL ``proc``'s process tree once ``reached()`` is true (polled); return its PID.
+def kill_when(proc: subprocess.Popen, reached: Callable[[], bool], timeout_s: float = 240, poll_s: float = 0.05) -> int:
+    """SIGKILL ``proc``'s process tree once ``reached()`` is true (polled every ``poll_s``); return its PID.
 
     Fails the test if the job ends or the time runs out first; the tree is killed either way.
     """
@@ -83,7 +83,7 @@ def kill_when(proc: subprocess.Popen, reached: Callable[[], bool], timeout_s: fl
                 pytest.fail(f"job ended (rc={proc.returncode}) before the kill point:\n{out[-4000:]}")
             if time.monotonic() > deadline:
                 pytest.fail("job did not reach the kill point in time")
-            time.sleep(0.05)
+            time.sleep(poll_s)
     finally:
         kill_tree(proc.pid)
         proc.wait(timeout=30)
