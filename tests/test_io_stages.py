@@ -376,6 +376,7 @@ def test_setup_on_node_sweeps_only_temp_files_whose_writer_is_gone(tmp_path: Pat
 def _atomic_writers(root: Path) -> list[tuple[ProcessingStage, list[Path]]]:
     """Each stage that writes with ``write_atomically``, with the directories it writes to."""
     from nemo_curator.stages.deduplication.exact import ExactDuplicateHashStage, ExactDuplicateIdentificationStage
+    from nemo_curator.stages.shuffle import ShuffleWriteStage
 
     return [
         (JsonlWriter(str(root / "out")), [root / "out"]),
@@ -384,10 +385,14 @@ def _atomic_writers(root: Path) -> list[tuple[ProcessingStage, list[Path]]]:
             [root / "shuffle" / f"part-{p:05d}" for p in range(3)],
         ),
         (ExactDuplicateIdentificationStage(ids_path=str(root / "ids")), [root / "ids"]),
+        (
+            ShuffleWriteStage(key="url", num_partitions=2, path=str(root / "barrier")),
+            [root / "barrier" / f"part-{p:05d}" for p in range(2)],
+        ),
     ]
 
 
-@pytest.mark.parametrize("which", ["jsonl_writer", "exact_dedup_hash", "exact_dedup_identify"])
+@pytest.mark.parametrize("which", ["jsonl_writer", "exact_dedup_hash", "exact_dedup_identify", "shuffle_write"])
 def test_every_atomic_writer_sweeps_its_directories_on_setup(tmp_path: Path, which: str) -> None:
     """A resumed stage removes what its killed predecessor's interrupted writes left, in every directory it writes."""
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -5,7 +5,8 @@ writer])`` runs as two segments (``pipeline.workflow.run_pipeline_with_barriers`
 
 1. the stages before the shuffle, then ``ShuffleWriteStage``: each batch's rows go to the
    partition of their key's hash, one Parquet file per (task, partition) at
-   ``<path>/<run>/part-<p>/<task id>.parquet``, empty ones included, written atomically;
+   ``<path>/<run>/part-<p>/<task id>.parquet``, empty ones included, written atomically (a
+   resumed write stage first removes the temp files of writes a crash interrupted);
    ``<run>`` names the checkpoint (the same for all its resumes) or, without one, the run, so
    that a partition never holds files of another run;
 2. ``ShufflePartitionsStage`` (the source stage: one ``ShufflePartitionTask`` per partition,
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 from nemo_curator.stages.base import ProcessingStage
 from nemo_curator.stages.resources import Resources
 from nemo_curator.stages.shuffle_files import ShufflePartitionTask, read_parquet, table_bytes
-from nemo_curator.stages.text.io.atomic import pin_path, write_atomically
+from nemo_curator.stages.text.io.atomic import pin_path, sweep_interrupted_writes, write_atomically
 from nemo_curator.tasks import DocumentBatch, EmptyTask, FileGroupTask
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -106,6 +107,10 @@ class ShuffleWriteStage(ProcessingStage[DocumentBatch, FileGroupTask]):
     name: str = "shuffle_write"
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.5))
     batch_size: int = 1
+
+    def setup_on_node(self, node_info: Any = None, worker_metadata: Any = None) -> None:
+        """Remove the temp files that writes interrupted by a crash left in the partition directories."""
+        sweep_interrupted_writes((partition_path(self.path, p) for p in range(self.num_partitions)), self.name)
 
     def process(self, task: DocumentBatch) -> FileGroupTask:
         import numpy as np
