@@ -104,8 +104,10 @@ class SlowExactDeduplication(ExactDeduplicationWorkflow):
         super().__init__(**kwargs)
         self.slow_s = dict(slow_s)
 
-    def segments(self, groups: list[FileGroupTask], num_partitions: int) -> list[Any]:
-        segments = super().segments(groups, num_partitions)
+    def segments(
+        self, groups: list[FileGroupTask], num_partitions: int, files: list[list[Any]] | None = None
+    ) -> list[Any]:
+        segments = super().segments(groups, num_partitions, files)
         for segment in segments:
             segment.pipeline.stages = [slowed(s, self.slow_s) for s in segment.pipeline.stages]
         return segments
@@ -117,13 +119,14 @@ def build_workflow(cfg: dict[str, Any]) -> SlowExactDeduplication:
         input_path=cfg["input_dir"],
         output_path=cfg["output_dir"],
         total_nparts=int(cfg["nparts"]),
+        perform_removal=True,
     )
 
 
 def run(cfg: dict[str, Any]) -> ExactDeduplicationResult:
     from nemo_curator.demo import make_executor
 
-    return build_workflow(cfg).run(make_executor(cfg["executor"], checkpoint=cfg["checkpoint"]))
+    return build_workflow(cfg).run(executor=make_executor(cfg["executor"], checkpoint=cfg["checkpoint"]))
 
 
 # -- the corpus and what one uninterrupted run writes ------------------------------------------
@@ -174,8 +177,8 @@ def kept_records(input_dir: str) -> dict[str, list[dict[str, Any]]]:
 
 def input_groups(cfg: dict[str, Any]) -> list[FileGroupTask]:
     """The workflow's input groups, in order (one file each)."""
-    partitioning = build_workflow(cfg).partitioning
-    return partitioning.group_tasks(partitioning.list_files())
+    workflow = build_workflow(cfg)
+    return workflow.partitioning.group_tasks(workflow.input_files())
 
 
 def group_source_ids(cfg: dict[str, Any]) -> list[str]:
