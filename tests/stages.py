@@ -526,7 +526,17 @@ class SlowDocuments(ProcessingStage[DocumentBatch, DocumentBatch]):
 
             from nemo_curator.resumability.actor import NAMESPACE, ledger_actor_name
 
-            ray.kill(ray.get_actor(ledger_actor_name(self.checkpoint), namespace=NAMESPACE), no_restart=False)
+            # A fresh checkpoint's actor starts at the first report (or defer_ledger_s after the open).
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    actor = ray.get_actor(ledger_actor_name(self.checkpoint), namespace=NAMESPACE)
+                    break
+                except ValueError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            ray.kill(actor, no_restart=False)
         time.sleep(self.seconds)
         return task
 
