@@ -15,7 +15,8 @@ Measured per executor, on the benchmark's shared Ray, only ``workflow.run`` time
   checkpointed run above) is the share of the work a kill at 50 % costs again; the segment the
   kill landed in and its progress are recorded.
 
-``python -m benchmarks --sections dedup`` runs it (``--quick``: 20 x 500 documents, 1 pair);
+``python -m benchmarks --sections dedup`` runs it (``--quick``: 10 x 300 documents, 1 pair, and the
+kill once the hash segment is recorded complete instead of at 50 % of a measured run);
 ``python -m benchmarks.dedup --run JSON`` is the killed subprocess.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 from nemo_curator.utils.processes import kill_process_tree
 
 FULL = {"files": 100, "docs_per_file": 1000, "dup_rate": 0.2, "pairs": 3, "partitions": 16}
-QUICK = {"files": 20, "docs_per_file": 500, "dup_rate": 0.2, "pairs": 1, "partitions": 4}
+QUICK = {"files": 10, "docs_per_file": 300, "dup_rate": 0.2, "pairs": 1, "partitions": 4, "kill_at_barrier": True}
 REPO = Path(__file__).resolve().parents[1]
 _WORDS = ["data", "curation", "ray", "resume", "ledger", "shard", "token", "model", "corpus", "filter", "batch"]
 
@@ -86,8 +87,14 @@ def _timed_run(name: str, cfg: dict[str, Any], checkpoint: str | None, expected_
     return seconds
 
 
-def _subprocess_run(name: str, cfg: dict[str, Any], checkpoint: str, kill_after_s: float | None) -> float:
-    """Run the workflow in a subprocess; SIGKILL its tree after ``kill_after_s``; its wall time."""
+def _subprocess_run(
+    name: str,
+    cfg: dict[str, Any],
+    checkpoint: str,
+    kill_after_s: float | None,
+    kill_when: Any = None,
+) -> float:
+    """Run the workflow in a subprocess, SIGKILLed after ``kill_after_s`` or once ``kill_when()``; its wall time."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
     payload = json.dumps({**cfg, "executor": name, "checkpoint": checkpoint})
@@ -101,6 +108,12 @@ def _subprocess_run(name: str, cfg: dict[str, Any], checkpoint: str, kill_after_
         stderr=subprocess.DEVNULL,
     )
     try:
+        if kill_when is not None:
+            deadline = time.monotonic() + 1800
+            while proc.poll() is None and not kill_when() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                raise subprocess.TimeoutExpired(proc.args, 0)
         proc.wait(timeout=kill_after_s if kill_after_s is not None else 1800)
     except subprocess.TimeoutExpired:
         kill_process_tree(proc.pid)
@@ -121,10 +134,14 @@ def measure_executor(name: str, cfg: dict[str, Any], pairs: int, expected_duplic
         with_.append(_timed_run(name, cfg, ckpt, expected_duplicates))
     shutil.rmtree(cfg["output"], ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)
-    full_subprocess_s = _subprocess_run(name, cfg, ckpt, None)
-    shutil.rmtree(cfg["output"], ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    _subprocess_run(name, cfg, ckpt, full_subprocess_s * 0.5)
+    if cfg.get("kill_at_barrier"):  # --quick: no uninterrupted subprocess run, a kill once hashing is done
+        full_subprocess_s = float("nan")
+        _subprocess_run(name, cfg, ckpt, None, kill_when=lambda: os.path.exists(f"{ckpt}/workflow/done-0-hash.json"))
+    else:
+        full_subprocess_s = _subprocess_run(name, cfg, ckpt, None)
+        shutil.rmtree(cfg["output"], ignore_errors=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        _subprocess_run(name, cfg, ckpt, full_subprocess_s * 0.5)
     at_kill = read_workflow_status(ckpt)
     begin = time.perf_counter()
     result = _workflow(cfg).run(_executor(name, ckpt))
@@ -139,8 +156,8 @@ def measure_executor(name: str, cfg: dict[str, Any], pairs: int, expected_duplic
         "median_with_s": scratch,
         "ratio_of_medians": scratch / statistics.median(without),
         "median_pair_ratio": statistics.median(w / wo for w, wo in zip(with_, without, strict=True)),
-        "subprocess_full_s": full_subprocess_s,
-        "killed_at_s": full_subprocess_s * 0.5,
+        "killed_at_s": None if cfg.get("kill_at_barrier") else full_subprocess_s * 0.5,
+        "subprocess_full_s": None if cfg.get("kill_at_barrier") else full_subprocess_s,
         "segments_at_kill": [] if at_kill is None else at_kill["segments"],
         "resume_s": resume_s,
         "from_scratch_s": scratch,
@@ -159,6 +176,7 @@ def run_dedup_benchmark(executors: list[str], work_root: Path, quick: bool = Fal
         "output": str(work / "out"),
         "work": str(work),
         "partitions": sizes["partitions"],
+        "kill_at_barrier": bool(sizes.get("kill_at_barrier")),
     }
     out: dict[str, Any] = {
         "documents": sizes["files"] * sizes["docs_per_file"],
@@ -195,9 +213,13 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
         return [*lines, f"Error: {section['error']}", ""]
     lines += [
         f"{section['documents']:,} documents in {section['files']} files, {section['duplicates']:,} exact duplicates, "
-        f"{section['partitions']} hash partitions. Resume: killed (SIGKILL, whole process tree) at half of an "
-        "uninterrupted subprocess run's wall time, then resumed; `resume / scratch` is the resume's time over a "
-        "checkpointed run from scratch.",
+        f"{section['partitions']} hash partitions. Resume: killed (SIGKILL, whole process tree) "
+        + (
+            "once the hash segment was recorded complete (--quick)"
+            if section.get("kill_at_barrier")
+            else "at half of an uninterrupted subprocess run's wall time"
+        )
+        + ", then resumed; `resume / scratch` is the resume's time over a checkpointed run from scratch.",
         "",
         "| executor | without (s) | with (s) | ratio of medians | median pair ratio | resume (s) | resume / scratch "
         "| at the kill |",
