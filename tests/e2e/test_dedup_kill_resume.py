@@ -36,10 +36,10 @@ from tests.e2e.test_kill_resume import kill_when, start_job
 FILES = 16
 DOCS = 20
 NPARTS = 5
-#: Seconds per document in the segment a case kills (none elsewhere, none in the resume). A
-#: segment's ledger starts once its workers are up (``ResumeTracker``), and Ray Data and xenna
-#: take seconds for that on 2 cores: their slow segment must outlast it, or every source is done
-#: before the first is recorded and no kill lands inside the segment.
+#: Seconds per document in the segment a case kills (none elsewhere, none in the resume). Ray
+#: Data and xenna take seconds on 2 cores to start a segment's workers, and Ray Data reports
+#: completions a pack of tasks at a time: their slow segment must outlast that, or every source
+#: is done before the first is recorded and no kill lands inside the segment.
 SLOW_S = {"ray_actor_pool": 0.02, "ray_data": 0.1, "xenna": 0.1}
 
 Status = list[dict[str, Any]]
