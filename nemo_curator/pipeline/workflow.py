@@ -26,11 +26,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from nemo_curator.pipeline.pipeline import Pipeline
 from nemo_curator.tasks import Task
 
 if TYPE_CHECKING:
@@ -55,13 +54,30 @@ class Segment:
     """
 
     name: str
-    pipeline: Pipeline
+    pipeline: Buildable
     missing_outputs: Callable[[], list[str]]
     initial_tasks: list[Task] | None = None
     sources: int | None = None
     #: Called before the segment runs (not when it is skipped): what changed in the input it
     #: reads since the workflow pinned it (empty: nothing), e.g. a file edited during the run.
     input_changes: Callable[[], list[str]] | None = None
+
+
+class Buildable(Protocol):
+    """What a segment runs: a ``Pipeline``, or ``BuiltStages`` (anything whose ``build()`` gives its stages)."""
+
+    def build(self) -> list[Any]: ...
+
+
+@dataclass
+class BuiltStages:
+    """Stages already built, standing in for a ``Pipeline`` as a segment's ``pipeline`` (it has ``build``)."""
+
+    name: str
+    stages: list[Any]
+
+    def build(self) -> list[Any]:
+        return list(self.stages)
 
 
 @dataclass
@@ -279,8 +295,7 @@ def run_pipeline_with_barriers(
     """
     parts = split_at_barriers(stages, barrier_run_token(executor))
     segments = [
-        Segment(seg_name, Pipeline(f"{name}:{seg_name}", stages=seg_stages), lambda: [])
-        for seg_name, seg_stages in parts
+        Segment(seg_name, BuiltStages(f"{name}:{seg_name}", seg_stages), lambda: []) for seg_name, seg_stages in parts
     ]
     segments[0].initial_tasks = initial_tasks
     inputs: dict[str, Any] = {}
