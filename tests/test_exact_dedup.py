@@ -183,14 +183,6 @@ def make_workflow(tmp_path: Path, **kwargs) -> ExactDeduplicationWorkflow:
     )
 
 
-def test_workflow_without_checkpoint_keeps_the_first_of_each_text(ray_session, tmp_path: Path) -> None:
-    docs = small_corpus(tmp_path)
-    result = make_workflow(tmp_path).run(RayActorPoolExecutor())
-    assert sorted(records(result.output_path)) == sorted(first_occurrences(docs))
-    assert result.duplicates == len(docs) - len(first_occurrences(docs))
-    assert not (tmp_path / "ckpt").exists()
-
-
 def test_checkpointed_workflow_resumes_skips_and_refuses_what_does_not_fit(ray_session, tmp_path: Path) -> None:
     docs = small_corpus(tmp_path)
     ckpt = str(tmp_path / "ckpt")
@@ -344,5 +336,7 @@ def test_upstream_call_shape_run_initial_tasks_then_executor(ray_session, tmp_pa
     groups = workflow.partitioning.group_tasks(workflow.partitioning.list_files())
     for group in groups:
         group._metadata.pop("file_stats")  # as a user would build them: stats are read by the workflow
-    result = workflow.run(groups, RayActorPoolExecutor())
+    result = workflow.run(groups, RayActorPoolExecutor())  # and without a checkpoint
     assert sorted(records(result.output_path)) == sorted(first_occurrences(docs))
+    assert result.duplicates == len(docs) - len(first_occurrences(docs))
+    assert not (tmp_path / "ckpt").exists()
