@@ -65,6 +65,7 @@ FULL = {
     "upstream_sources": 400,
     "upstream_reps": 5,
     "scale_sources": 10_000_000,
+    "dedup_pairs": 3,
 }
 QUICK = {
     "sources": 200,
@@ -79,6 +80,7 @@ QUICK = {
     "upstream_sources": 30,
     "upstream_reps": 1,
     "scale_sources": 200_000,
+    "dedup_pairs": 1,
 }
 
 
@@ -124,13 +126,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--upstream-num-cpus", type=int, default=2, help="CPUs of the cluster started beforehand")
     p.add_argument("--scale-sources", type=int, help="completed sources of the scale section (quick: 200,000)")
+    p.add_argument("--dedup-pairs", type=int, help="alternating pairs of the dedup section per executor")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key, value in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.reps < 1 or args.sources < 1 or args.batch_size < 1:
-        p.error("--reps, --sources and --batch-size must be >= 1")
+    if args.reps < 1 or args.sources < 1 or args.batch_size < 1 or args.dedup_pairs < 1:
+        p.error("--reps, --sources, --batch-size and --dedup-pairs must be >= 1")
     if any(not 0.0 < f < 1.0 for f in args.kill_points):
         p.error("--kill-points must be fractions strictly between 0 and 1")
     return args
@@ -349,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
             logger.info("dedup: exact deduplication on {}", list(args.executors))
             try:
-                summary["dedup"] = run_dedup_benchmark(list(args.executors), work_root, quick=args.quick)
+                summary["dedup"] = run_dedup_benchmark(
+                    list(args.executors), work_root, quick=args.quick, pairs=args.dedup_pairs
+                )
             except Exception as exc:
                 failed = True
                 summary["dedup"] = _error(exc)

@@ -7,7 +7,8 @@ characters.
 
 Measured per executor, on the benchmark's shared Ray, only ``workflow.run`` timed:
 
-- ``pairs`` alternating runs without and with a checkpoint (fresh output and checkpoint each);
+- ``pairs`` alternating runs without and with a checkpoint (fresh output and checkpoint each; the
+  order within a pair alternates too);
   the ratio of the medians and the median of the pairs' ratios;
 - a kill at 50 %: the workflow runs with a checkpoint in a subprocess (its own Ray) and is
   SIGKILLed, process tree and all, at half of that subprocess's uninterrupted wall time (measured
@@ -129,9 +130,13 @@ def measure_executor(name: str, cfg: dict[str, Any], pairs: int, expected_duplic
 
     ckpt = cfg["work"] + "/ckpt"
     without, with_ = [], []
-    for _ in range(pairs):
-        without.append(_timed_run(name, cfg, None, expected_duplicates))
-        with_.append(_timed_run(name, cfg, ckpt, expected_duplicates))
+    for pair in range(pairs):  # ABBA order: neither side always runs on the warmer Ray
+        if pair % 2 == 0:
+            without.append(_timed_run(name, cfg, None, expected_duplicates))
+            with_.append(_timed_run(name, cfg, ckpt, expected_duplicates))
+        else:
+            with_.append(_timed_run(name, cfg, ckpt, expected_duplicates))
+            without.append(_timed_run(name, cfg, None, expected_duplicates))
     shutil.rmtree(cfg["output"], ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     if cfg.get("kill_at_barrier"):  # --quick: no uninterrupted subprocess run, a kill once hashing is done
@@ -165,9 +170,12 @@ def measure_executor(name: str, cfg: dict[str, Any], pairs: int, expected_duplic
     }
 
 
-def run_dedup_benchmark(executors: list[str], work_root: Path, quick: bool = False) -> dict[str, Any]:
-    """The section (see the module docstring); needs a connected Ray."""
+def run_dedup_benchmark(
+    executors: list[str], work_root: Path, quick: bool = False, pairs: int | None = None
+) -> dict[str, Any]:
+    """The section (see the module docstring); needs a connected Ray. ``pairs`` overrides the size's."""
     sizes = QUICK if quick else FULL
+    pairs = sizes["pairs"] if pairs is None else pairs
     work = work_root / "dedup"
     shutil.rmtree(work, ignore_errors=True)
     duplicates = write_corpus(work / "in", sizes["files"], sizes["docs_per_file"], sizes["dup_rate"])
@@ -187,7 +195,7 @@ def run_dedup_benchmark(executors: list[str], work_root: Path, quick: bool = Fal
     }
     for name in executors:
         try:
-            out["executors"][name] = measure_executor(name, cfg, sizes["pairs"], duplicates)
+            out["executors"][name] = measure_executor(name, cfg, pairs, duplicates)
         except Exception as exc:
             out["executors"][name] = {"error": f"{type(exc).__name__}: {exc}"}
     shutil.rmtree(work, ignore_errors=True)
