@@ -19,10 +19,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from nemo_curator.backends.base import ExecutionPlan
 from nemo_curator.pipeline import Pipeline
 from nemo_curator.stages.base import CompositeStage, ProcessingStage
 from nemo_curator.stages.resources import Resources
@@ -378,6 +380,29 @@ class FixedSourceFilter:
 
     def completed(self, source_ids: list[str]) -> set[str]:
         return {s for s in source_ids if s in self.done}
+
+
+# -- a reference run: the stages one after the other, in this process ------------------------
+
+
+def reference_run(stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+    """Run the stages one after the other in this process through the shared adapter."""
+    plan = ExecutionPlan.from_stages(stages)
+    tasks = plan.initial_tasks(initial_tasks)
+    for i, stage in enumerate(plan.stages):
+        adapter = plan.adapter(i, None)
+        adapter.setup()
+        size = max(1, stage.batch_size)
+        out: list[Task] = []
+        for j in range(0, len(tasks), size):
+            out.extend(adapter.process_batch(tasks[j : j + size]))
+        adapter.teardown()
+        tasks = out
+    return tasks
+
+
+def id_value_pairs(tasks: list[Task]) -> list[tuple[str, Any]]:
+    return sorted((t.task_id, t.data) for t in tasks)
 
 
 # -- the feature pipeline: every stage shape at once ------------------------------------------

@@ -1,4 +1,5 @@
-"""Clusters other than the session's Ray: one started by ``ray start``, and two nodes of which one is lost.
+"""Clusters other than the session's Ray: one started by ``ray start`` (joined through ``RAY_ADDRESS``),
+and two nodes of which one is lost.
 
 Each test runs its Ray in processes of its own (never the session Ray of this process), on
 ports and a temp dir of its own, and kills exactly what it started.
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,35 +73,57 @@ def _ray_start_head(temp_dir: str, log_path: Path) -> tuple[subprocess.Popen, st
     pytest.fail(f"ray start did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
+def _job_cfg(tmp_path: Path, executor: str, name: str) -> dict[str, Any]:
+    cfg = {
+        "executor": executor,
+        "input_dir": str(tmp_path / "in"),
+        "output_dir": str(tmp_path / f"out-{name}"),
+        "log_dir": str(tmp_path / f"log-{name}"),
+        "checkpoint": str(tmp_path / f"ckpt-{name}"),
+        "slow_s": 0.0,
+    }
+    os.makedirs(cfg["log_dir"])
+    return cfg
+
+
+def _run_job(cfg: dict[str, Any], address: str) -> subprocess.CompletedProcess:
+    """The job in a driver process of its own, joined to the cluster at ``address``; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.job", json.dumps(cfg)],
+        cwd=REPO,
+        env={**_clean_env(), "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
 @pytest.mark.slow
-def test_xenna_on_a_cluster_started_with_plain_ray_start(tmp_path: Path) -> None:
-    """cosmos-xenna asks the state API for 40,000 entries; a plain ``ray start`` accepts 10,000."""
+def test_jobs_join_a_cluster_started_with_plain_ray_start(tmp_path: Path) -> None:
+    """Drivers join a cluster started beforehand through ``RAY_ADDRESS``, and leave it running.
+
+    cosmos-xenna asks the state API for 40,000 entries; a plain ``ray start`` accepts 10,000. On the
+    actor pool a second run finds every source complete.
+    """
     temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # short: Ray's socket paths have a length limit
     proc, address = _ray_start_head(temp_dir, tmp_path / "ray-start.log")
     try:
         job.write_inputs(str(tmp_path / "in"), 3, 6)
-        cfg = {
-            "executor": "xenna",
-            "input_dir": str(tmp_path / "in"),
-            "output_dir": str(tmp_path / "out"),
-            "log_dir": str(tmp_path / "log"),
-            "checkpoint": str(tmp_path / "ckpt"),
-            "slow_s": 0.0,
-        }
-        os.makedirs(cfg["log_dir"])
-        out = subprocess.run(
-            [sys.executable, "-m", "tests.e2e.job", json.dumps(cfg)],
-            cwd=REPO,
-            env={**_clean_env(), "RAY_ADDRESS": address},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+        cfg = _job_cfg(tmp_path, "xenna", "xenna")
+        out = _run_job(cfg, address)
         assert "lists at most 10000 entries" in out.stderr, "the limit was not fitted to the cluster"
         assert checkpoint_status(cfg["checkpoint"])["completed_sources"] == 3
         assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
-        assert proc.poll() is None, "the run must not stop the cluster"
+
+        cfg = _job_cfg(tmp_path, "ray_actor_pool", "pool")
+        _run_job(cfg, address)
+        again = _run_job(cfg, address)
+        assert json.loads(again.stdout.strip().splitlines()[-1]) == {"outputs": 0}
+        assert checkpoint_status(cfg["checkpoint"])["completed_sources"] == 3
+        assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
+        assert proc.poll() is None, "the runs must not stop the cluster"
     finally:
         kill_process_tree(proc.pid)
         proc.wait(timeout=30)

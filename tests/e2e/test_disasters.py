@@ -1,19 +1,14 @@
-"""Worker deaths, a killed ledger actor, no checkpoint, and an existing cluster via RAY_ADDRESS."""
+"""Worker deaths, a killed ledger actor, and no checkpoint (joining a cluster: test_clusters.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nemo_curator.resumability.inspect import checkpoint_status
 from tests.e2e import job
-from tests.e2e.test_kill_resume import EXECUTORS, FILES, REPO, kill_tree, make_cfg
+from tests.e2e.test_kill_resume import EXECUTORS, FILES, make_cfg
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -65,51 +60,3 @@ def test_checkpoint_off_starts_no_ledger(ray_session, tmp_path: Path, executor: 
     job.run(cfg)
     assert ledger_actors() == before
     assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
-
-
-CLUSTER = """
-import os, sys, time
-import ray
-from nemo_curator.backends.ray_runtime import start_local_ray
-start_local_ray(num_cpus=4, dashboard=True)
-print(ray.get_runtime_context().gcs_address, flush=True)
-while True:
-    time.sleep(1)
-"""
-
-
-@pytest.mark.slow
-def test_joins_an_existing_cluster_via_ray_address(tmp_path: Path) -> None:
-    """A cluster started beforehand: the job joins it, is killed, and resumes on it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(REPO)
-    # A new local Ray enables token authentication unless told otherwise (Ray 2.60); the job
-    # joins without a token unless RAY_AUTH_MODE=token. Both sides the same:
-    env["RAY_AUTH_MODE"] = "disabled"
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER], cwd=REPO, env=env, stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        assert cluster.stdout is not None
-        address = cluster.stdout.readline().decode().strip()
-        assert ":" in address, address
-        cfg = make_cfg(tmp_path, "ray_actor_pool", slow_s=0.0)
-        run_env = {**env, "RAY_ADDRESS": address}
-        for _ in range(2):  # the second run finds everything complete
-            out = subprocess.run(
-                [sys.executable, "-m", "tests.e2e.job", json.dumps(cfg)],
-                cwd=REPO,
-                env=run_env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == {"outputs": 0}
-        assert checkpoint_status(cfg["checkpoint"])["completed_sources"] == FILES
-        assert job.written_records(cfg["output_dir"]) == job.expected_records(cfg["input_dir"])
-        assert cluster.poll() is None, "joining must not stop the cluster"
-    finally:
-        kill_tree(cluster.pid)
-        cluster.wait(timeout=30)
-        time.sleep(0.5)

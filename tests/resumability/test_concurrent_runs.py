@@ -182,7 +182,13 @@ def test_a_busy_ledger_actor_is_never_killed_as_stale(ray_session: Any, tmp_path
 # -- real drivers ----------------------------------------------------------------------------------
 
 
-def _cfg(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+def _cfg(tmp_path: Path, shard: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    # A ledger actor, not one in the driver: the gate holds every task before its first report, and
+    # a fresh checkpoint's in-driver ledger (and its heartbeat, which the test waits for) would only
+    # open 30 s later (``defer_ledger_s``).
+    executor_config: dict[str, Any] = {"ledger_in_driver": False}
+    if shard is not None:
+        executor_config["shard"] = shard
     cfg = {
         "executor": "ray_actor_pool",
         "input_dir": str(tmp_path / "in"),
@@ -191,6 +197,7 @@ def _cfg(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "checkpoint": str(tmp_path / "ckpt"),
         "slow_s": 0.0,
         "wait_for": str(tmp_path / "go"),
+        "executor_config": executor_config,
         **extra,
     }
     os.makedirs(cfg["log_dir"], exist_ok=True)
@@ -252,7 +259,7 @@ def test_a_run_in_another_ray_instance_is_refused_and_a_killed_one_is_not(ray_se
 
 @pytest.mark.slow
 def test_two_shards_run_side_by_side_and_an_unsharded_run_is_refused(ray_session: Any, tmp_path: Path) -> None:
-    shards = [_cfg(tmp_path, executor_config={"shard": [k, 2]}) for k in range(2)]
+    shards = [_cfg(tmp_path, shard=[k, 2]) for k in range(2)]
     drivers = [_start_driver(shards[0], join_ray=False)]  # its own Ray instance
     try:
         _wait_until_running(shards[0], 1, drivers)  # one Ray start at a time: a loaded machine times them out
