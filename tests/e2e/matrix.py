@@ -4,7 +4,7 @@ CI has 40 minutes on 2 cores. Each backend's own glue (its report channel, its r
 shutdown) is exercised on every executor by default; the cases that vary only what the shared,
 backend-independent ledger sees (another kill point, a refused fingerprint, a lost node where
 the executor needed no code of ours) run on the actor pool, the fastest, unless the full matrix
-is asked for. Locally, ``NEMO_CURATOR_E2E_ALL=1 pytest tests/e2e`` runs everything (about 12
+is asked for. Locally, ``NEMO_CURATOR_E2E_ALL=1 pytest tests/e2e`` runs everything (about 15
 minutes more on 2 cores).
 """
 
