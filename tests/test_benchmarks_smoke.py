@@ -4,7 +4,7 @@ It asserts what the suite writes (files, keys, types, the consistency of the cou
 fast anything was: performance targets live in ``benchmarks/``, not in timed tests. It runs on the
 fastest executor only: the benchmark code is the same for all three (``registry.make_executor``),
 and each executor's behaviour is proven by ``tests/e2e``; a run of every executor costs about three
-CI minutes more (set NEMO_CURATOR_E2E_ALL=1 for it, and for the sections listed in ``SECTIONS``).
+CI minutes more (set NEMO_CURATOR_E2E_ALL=1 for it, and for the sections ``SECTIONS`` leaves out by default).
 """
 
 from __future__ import annotations
