@@ -125,6 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="python of upstream NeMo Curator's environment (../shared/peer/README.md): runs upstream side by side",
     )
     p.add_argument("--upstream-num-cpus", type=int, default=2, help="CPUs of the cluster started beforehand")
+    p.add_argument(
+        "--upstream-serving-control",
+        action="store_true",
+        help="on xenna, a third run per pair: ours without a checkpoint in SERVING mode (the mode's own cost)",
+    )
     p.add_argument("--scale-sources", type=int, help="completed sources of the scale section (quick: 200,000)")
     p.add_argument("--dedup-pairs", type=int, help="alternating pairs of the dedup section per executor")
     args = p.parse_args(argv)
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 work_root / "upstream",
                 num_cpus=args.upstream_num_cpus,
                 peer_python=args.peer_python,
+                serving_control=args.upstream_serving_control,
             )
         except Exception as exc:
             failed = True

@@ -18,6 +18,11 @@ Each run also reports the machine's CPU seconds while it ran and the time from `
 to the first source processed (the work stage's first call in any worker, read from a marker
 file created exclusively): the fixed cost a checkpoint adds before any work starts.
 
+With ``--upstream-serving-control`` each xenna pair gets a third run between its two: ours
+without a checkpoint in xenna's SERVING mode (``execution_mode="serving"``), the mode every
+checkpointed xenna run uses. It splits xenna's ratio into what the mode costs and what the
+checkpoint costs beyond it.
+
 With ``--peer-python PEER/bin/python`` (upstream's environment, see ``../shared/peer/README.md``)
 upstream's script runs the same workload in the same session, executor by executor, right after
 ours, from a neutral directory, and the report puts both side by side.
@@ -332,6 +337,28 @@ def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return side
 
 
+def _control(runs: list[dict[str, Any]], controls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SERVING-mode control against the same pair's runs: the mode's and the checkpoint's shares."""
+    by_rep = {c["rep"]: c["run_s"] for c in controls}
+
+    def ratios(checkpoint: bool, mode_over_run: bool) -> list[float]:
+        out = []
+        for r in runs:
+            if r["checkpoint"] is checkpoint and r["rep"] in by_rep:
+                out.append(by_rep[r["rep"]] / r["run_s"] if mode_over_run else r["run_s"] / by_rep[r["rep"]])
+        return out
+
+    mode, beyond = ratios(False, True), ratios(True, False)
+    return {
+        "median_s": statistics.median(by_rep.values()),
+        "runs_s": [c["run_s"] for c in controls],
+        # SERVING without a checkpoint over STREAMING without: what the mode costs.
+        "mode_ratio": statistics.median(mode) if mode else None,
+        # With a checkpoint over SERVING without: what the checkpoint costs beyond its mode.
+        "checkpoint_ratio": statistics.median(beyond) if beyond else None,
+    }
+
+
 def run_upstream_benchmark(
     executors: list[str],
     n: int,
@@ -340,8 +367,12 @@ def run_upstream_benchmark(
     num_cpus: int = 2,
     peer_python: str | None = None,
     timeout_s: float = 900.0,
+    serving_control: bool = False,
 ) -> dict[str, Any]:
-    """The section: per executor, ``reps`` alternating pairs of ours (and of upstream's, if given)."""
+    """The section: per executor, ``reps`` alternating pairs of ours (and of upstream's, if given).
+
+    ``serving_control``: on xenna, a run without a checkpoint in SERVING mode between each pair's two.
+    """
     work_root.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"sources": n, "reps": reps, "num_cpus": num_cpus, "executors": {}}
     if peer_python and not PEER_SCRIPT.exists():
@@ -349,20 +380,26 @@ def run_upstream_benchmark(
     for executor in executors:
         entry: dict[str, Any] = {}
         with ray_cluster(num_cpus, work_root) as address:
-            runs = []
+            runs: list[dict[str, Any]] = []
+            controls: list[dict[str, Any]] = []
+            control = serving_control and executor == "xenna"
             for rep in range(reps):
-                for checkpoint in (False, True) if rep % 2 == 0 else (True, False):
-                    run = run_ours(executor, n, checkpoint, address, work_root / "run", timeout_s)
+                order: list[bool | None] = [False, None, True] if control else [False, True]
+                for checkpoint in order if rep % 2 == 0 else order[::-1]:
+                    config = {"execution_mode": "serving"} if checkpoint is None else None
+                    run = run_ours(executor, n, bool(checkpoint), address, work_root / "run", timeout_s, config)
                     run.update(rep=rep, checkpoint=checkpoint)
                     logger.info(
                         "upstream workload, ours {} {}: {:.2f}s (first work at {})",
                         executor,
-                        "with checkpoint" if checkpoint else "without",
+                        {False: "without", True: "with checkpoint", None: "serving control"}[checkpoint],
                         run["run_s"],
                         "-" if run["first_work_s"] is None else f"{run['first_work_s']:.2f}s",
                     )
-                    runs.append(run)
+                    (controls if checkpoint is None else runs).append(run)
         entry["ours"] = _side(runs)
+        if controls:
+            entry["ours"]["serving_control"] = _control(runs, controls)
         if peer_python:
             rows = run_peer(peer_python, executor, n, reps, work_root / "peer", timeout_s * 2 * reps)
             peer_runs = [{"run_s": r["run_s"], "rep": r["rep"], "checkpoint": r["mode"] == "ckpt"} for r in rows]
@@ -410,6 +447,15 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
         cells.append(f"{ours['cpu_ratio']['median']:.3f}" if "cpu_ratio" in ours else "-")
         cells.append(f"{ours['first_work_delta_s']:+.2f}" if "first_work_delta_s" in ours else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    for name, entry in section["executors"].items():
+        control = entry.get("ours", {}).get("serving_control")
+        if control:
+            lines.append("")
+            lines.append(
+                f"{name}, SERVING-mode control (ours without a checkpoint in the mode checkpointed runs use): "
+                f"median {control['median_s']:.1f} s; SERVING / STREAMING {control['mode_ratio']:.3f}; "
+                f"with a checkpoint / SERVING {control['checkpoint_ratio']:.3f} (medians of the pairs' ratios)."
+            )
     lines.append("")
     return lines
 

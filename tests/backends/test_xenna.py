@@ -106,7 +106,7 @@ def test_config_keys_are_validated() -> None:
     with pytest.raises(ValueError, match="unknown config key"):
         XennaExecutor(config={"num_cpu": 2})
     with pytest.raises(ValueError, match="execution_mode"):
-        XennaExecutor(config={"execution_mode": "serving"})
+        XennaExecutor(config={"execution_mode": "served"})
     with pytest.raises(ValueError, match="cpu_allocation_percentage"):
         XennaExecutor(config={"cpu_allocation_percentage": 0})
     with pytest.raises(ValueError, match="report_interval_s"):
@@ -187,11 +187,12 @@ def test_outputs_and_ids_match_reference_and_repeat(ray_session: Any, tmp_path: 
     assert_no_stage_workers_left()
 
 
-def test_batch_mode_with_fixed_workers_gives_the_same_ids(ray_session: Any) -> None:
+@pytest.mark.parametrize("mode", ["batch", "serving"])
+def test_other_modes_with_fixed_workers_give_the_same_ids(ray_session: Any, mode: str) -> None:
     def stages() -> list[ProcessingStage]:
         return [EmitNumbers(count=5), FanOut(n=3), AddOne(in_place=True), DropByNone(mod=3)]
 
-    config = {"execution_mode": "batch", "num_workers_per_stage": 1}
+    config = {"execution_mode": mode, "num_workers_per_stage": 1}
     outputs = XennaExecutor(config=config).execute(stages())
     assert id_value_pairs(outputs) == id_value_pairs(reference_run(stages()))
     assert sorted(t.data for t in outputs) == sorted(v for i in range(5) for j in range(3) if (v := i * 10 + j + 1) % 3)

@@ -9,7 +9,7 @@ from loguru import logger
 
 from nemo_curator.backends.base import ExecutorSettings
 
-_MODES = ("streaming", "batch")
+_MODES = ("streaming", "batch", "serving")
 
 
 @dataclass(frozen=True)

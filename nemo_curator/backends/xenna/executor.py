@@ -52,10 +52,12 @@ class XennaExecutor(BaseExecutor):
 
     - ``num_cpus``: logical CPUs of the local Ray started when none is running (default:
       enough for one worker per stage, at least the machine's cores).
-    - ``execution_mode``: ``"streaming"`` (default; all stages at once) or ``"batch"``
+    - ``execution_mode``: ``"streaming"`` (default; all stages at once), ``"batch"``
       (stage after stage, everything materialized in between; each stage in turn gets as
-      many workers as the cluster holds, so it starts many workers). Ignored with a
-      checkpoint, which always runs in xenna's SERVING mode.
+      many workers as the cluster holds, so it starts many workers) or ``"serving"``
+      (as streaming, but the last stage's outputs reach the driver as they complete; the
+      mode a checkpointed run uses, so it measures what a checkpoint costs beyond its mode).
+      Ignored with a checkpoint, which always runs in xenna's SERVING mode.
     - ``logging_interval_s``: seconds between xenna's status lines (default 3600).
     - ``autoscale_interval_s``: seconds between xenna autoscaler runs (default 180).
     - ``cpu_allocation_percentage``: share of each node's CPUs xenna may use (default
@@ -106,7 +108,8 @@ class XennaExecutor(BaseExecutor):
 
         with xenna_run_environment(), fitted_state_api_limit():
             stages = build_stage_specs(plan, tracker, self.settings)
-            if is_tracking(tracker):  # only SERVING mode hands outputs over while the run goes on
+            # Only SERVING mode hands outputs over while the run goes on.
+            if is_tracking(tracker) or self.settings.execution_mode == "serving":
                 from nemo_curator.backends.xenna.serving import run_serving
 
                 return run_serving(stages, self.settings, initial_tasks, tracker)

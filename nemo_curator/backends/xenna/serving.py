@@ -20,7 +20,7 @@ Both queues are plain ``queue.Queue`` objects: the pipeline's main loop runs in 
 so nothing needs pickling. If reporting fails (or the caller is interrupted) the sink is
 closed: xenna's next push raises, which stops its loop and its worker pools.
 
-The executor uses this module only with a tracker that tracks.
+The executor uses this module with a tracker that tracks, and for ``execution_mode="serving"``.
 """
 
 from __future__ import annotations
