@@ -14,7 +14,8 @@ Every stage asks for ``Resources(cpus=0.25)`` on xenna (``cpu_allocation_percent
 run joins it through ``RAY_ADDRESS``; each run is a process of its own; only ``pipeline.run`` is
 timed; runs without and with a checkpoint alternate (A B / B A / ...).
 
-Each run also reports the machine's CPU seconds while it ran and the time from ``pipeline.run``
+Each run also reports the machine's CPU seconds while it ran, the driver process's own CPU
+seconds (where the tracker, and a fresh checkpoint's ledger, run), and the time from ``pipeline.run``
 to the first source processed (the work stage's first call in any worker, read from a marker
 file created exclusively): the fixed cost a checkpoint adds before any work starts.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -166,10 +168,12 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     config = {**EXECUTOR_CONFIG.get(executor_name, {}), **cfg.get("executor_config", {})}
     executor = make_executor(executor_name, checkpoint=cfg.get("checkpoint"), config=config)
     cpu_before = machine_cpu_seconds()
+    driver_before = _process_cpu_seconds()
     wall_start = time.time()
     start = time.perf_counter()
     outputs = pipeline.run(executor)
     seconds = time.perf_counter() - start
+    driver_cpu_s = _process_cpu_seconds() - driver_before
     cpu_after = machine_cpu_seconds()
     marker = Path(marker_dir, FIRST_WORK_MARKER)
     first_work_s = float(marker.read_text()) - wall_start if marker.exists() else None
@@ -178,6 +182,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
         "outputs": len(outputs),
         "files": len(os.listdir(out_dir)),
         "first_work_s": first_work_s,
+        "driver_cpu_s": driver_cpu_s,
     }
     if cpu_before is not None and cpu_after is not None:
         result["cpu_s"] = cpu_after[0] - cpu_before[0]
@@ -186,6 +191,12 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
 
         result["completed_sources"] = checkpoint_status(cfg["checkpoint"])["completed_sources"]
     return result
+
+
+def _process_cpu_seconds() -> float:
+    """CPU seconds of this process (every thread: the executor's loop, the tracker, a ledger in the driver)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- the cluster started beforehand -----------------------------------------------------------------
@@ -330,6 +341,13 @@ def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
         c: [r["first_work_s"] for r in runs if r["checkpoint"] is c and r.get("first_work_s") is not None]
         for c in (False, True)
     }
+    driver: dict[bool, list[float]] = {False: [], True: []}
+    for r in runs:
+        if "driver_cpu_s" in r:
+            driver[r["checkpoint"]].append(r["driver_cpu_s"])
+    if driver[False] and driver[True]:
+        # The driver's own CPU: where the tracker (and a fresh checkpoint's ledger) run.
+        side["driver_cpu_delta_s"] = statistics.median(driver[True]) - statistics.median(driver[False])
     if first[False] and first[True]:
         side["first_work_without_s"] = statistics.median(first[False])
         side["first_work_with_s"] = statistics.median(first[True])
@@ -426,8 +444,8 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
         "cluster started beforehand (ours) or by upstream's `RayClient` (upstream); only `pipeline.run` timed.",
         "",
         "| executor | upstream without | upstream with | upstream ratio | ours without | ours with | ours ratio "
-        "| ours CPU ratio | first work +s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ours CPU ratio | ours driver CPU +s | first work +s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in section["executors"].items():
         if "error" in entry:
@@ -445,6 +463,7 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
             f"{ours['ratio']['median']:.3f}",
         ]
         cells.append(f"{ours['cpu_ratio']['median']:.3f}" if "cpu_ratio" in ours else "-")
+        cells.append(f"{ours['driver_cpu_delta_s']:+.2f}" if "driver_cpu_delta_s" in ours else "-")
         cells.append(f"{ours['first_work_delta_s']:+.2f}" if "first_work_delta_s" in ours else "-")
         lines.append("| " + " | ".join(cells) + " |")
     for name, entry in section["executors"].items():
