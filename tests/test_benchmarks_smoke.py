@@ -114,6 +114,8 @@ def test_quick_benchmark_suite_writes_summary_tables_and_plots(tmp_path: Path) -
             assert all(r["completed_sources"] == upstream["sources"] for r in ours["runs"] if r["checkpoint"])
             assert _is_number(ours["ratio"]["median"]) and ours["ratio"]["median"] > 0
             assert _is_number(ours["first_work_delta_s"]), ours
+            assert all(_is_number(r["driver_cpu_s"]) and r["driver_cpu_s"] > 0 for r in ours["runs"]), ours["runs"]
+            assert _is_number(ours["driver_cpu_delta_s"]), ours
     scale = summary["scale"]  # benchmarks.scale: a checkpoint of --scale-sources completed sources (quick size)
     assert scale["completed_sources"] == summary["meta"]["scale_sources"]
     for mode in ("from_segments", "from_snapshot"):
