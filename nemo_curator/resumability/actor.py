@@ -51,11 +51,11 @@ from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableError
 from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
 from nemo_curator.resumability.heap import map_large_buffers
-from nemo_curator.resumability.layout import new_writer_id
 from nemo_curator.resumability.lease import LeaseSettings
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
 from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
+from nemo_curator.resumability.objects import new_writer_id
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.source_filter import (

@@ -26,9 +26,10 @@ from nemo_curator.resumability.layout import FORMAT_VERSION
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT
 from nemo_curator.resumability.liveness import recorded_process_alive
 from nemo_curator.resumability.location import describe_access_error, open_location
-from nemo_curator.resumability.records import WriterHeader, WriterState
-from nemo_curator.resumability.scan import current_writer, iso_time
+from nemo_curator.resumability.objects import WriterHeader
+from nemo_curator.resumability.records import WriterState
 from nemo_curator.resumability.status import CheckpointStatus
+from nemo_curator.resumability.writers import current_writer, iso_time
 
 Checkpoint = str | os.PathLike | CheckpointConfig
 

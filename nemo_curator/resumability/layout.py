@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -72,12 +69,6 @@ MAX_READERS = 2048
 
 #: Initial map size of a writer file (virtual; the file grows only as pages are written).
 INITIAL_MAP_SIZE = 64 << 20
-
-
-def new_writer_id() -> str:
-    """A fresh writer id: host, pid and a random suffix (safe as a file name)."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 # -- process-wide environment registry ---------------------------------------------------

@@ -1,7 +1,7 @@
 """Liveness leases: is another run writing to this checkpoint right now? (rule pure, I/O in the shell)
 
 Every running writer keeps a lease at the checkpoint location: its ledger writes a heartbeat
-object ``ledger/<writer_id>/beat-<n>-<nonce>.rec`` (``records.Beat``: the driver's host, pid and
+object ``ledger/<writer_id>/beat-<n>-<nonce>.rec`` (``objects.Beat``: the driver's host, pid and
 pid start time, and the writer's shard) every ``interval_s`` seconds, each under a new name,
 deleting the one before. Its final snapshot marks it closed and its heartbeats are deleted.
 
@@ -44,7 +44,7 @@ from loguru import logger
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.liveness import recorded_process_alive
 from nemo_curator.resumability.location import PROBE_PREFIX, Location
-from nemo_curator.resumability.records import (
+from nemo_curator.resumability.objects import (
     LEDGER_PREFIX,
     Beat,
     ObjectName,

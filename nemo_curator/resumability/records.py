@@ -1,24 +1,7 @@
-"""The durable record's objects: names and the byte codec (pure; no I/O).
+"""Segments and snapshots of the durable record: their typed contents and byte codec (pure; no I/O).
 
-A checkpoint location holds, per writer (one run of one driver), a prefix::
-
-    ledger/<writer_id>/header-<nonce>.rec            who wrote (fingerprint, start stamp, host, pid)
-    ledger/<writer_id>/seg-<number>-<nonce>.rec      one acknowledged report batch (a ``LedgerUpdate``)
-    ledger/<writer_id>/snap-<upto>-<nonce>.rec       the writer's whole state up to segment ``upto``
-    ledger/<writer_id>/beat-<number>-<nonce>.rec     a liveness heartbeat (its lease; see ``lease``)
-
-``number``/``upto`` are 12 decimal digits; ``nonce`` is random per writing process, so two
-incarnations of one writer (a restarted ledger actor and a zombie one) never write the same
-name, and no object is ever overwritten. Every object is written once and never changed.
-
-Object bytes::
-
-    b"NCRL" | u8 format version | u8 kind (H, S, P) | u32 n | n bytes of JSON (the head)
-    | sections: (u8 name length, name, u64 length, bytes)* | 32-byte BLAKE2b of all the above
-
-A truncated, torn or altered object fails ``decode_object`` with a ``CheckpointError`` naming the
-object and the fix. Source keys are ``keys.source_key`` bytes; stamps are Lamport stamps (see
-``scan``); wall-clock times in heads are information for humans only.
+Object names and framing are in ``objects``. Source keys are ``keys.source_key`` bytes; stamps
+are Lamport stamps (see ``scan``); wall-clock times in heads are information for humans only.
 
 A key list section is ``F`` + 16-byte keys back to back when all keys are 16 bytes long (always
 for the framework's source ids), else ``V`` + (u16 length, key)*. Completed keys in ``F`` form
@@ -29,9 +12,6 @@ only for the writers that need them (``recent=False`` skips them).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import struct
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -41,82 +21,11 @@ from typing import Any
 import numpy as np
 
 from nemo_curator.resumability.digests import floor_cost
-from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.keys import decode_recent_record, encode_recent_record
 from nemo_curator.resumability.keyset import KEY_BYTES, KeyStamps, PackedKeys
-
-MAGIC = b"NCRL"
-RECORD_FORMAT = 1
-APP_MARKER = "nemo_curator.resumability.ledger"
-KIND_HEADER = ord("H")
-KIND_SEGMENT = ord("S")
-KIND_SNAPSHOT = ord("P")
-KIND_BEAT = ord("B")
-LEDGER_PREFIX = "ledger"
-SUFFIX = ".rec"
-DIGEST_SIZE = 32
-
-_NAME = re.compile(r"^(header|seg|snap|beat)-(?:(\d{12})-)?([0-9a-f]{8,64})\.rec$")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-
-
-# -- names -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class ObjectName:
-    """A parsed object name: ``kind`` is ``header``, ``seg``, ``snap`` or ``beat``; ``number`` -1 for a header."""
-
-    writer_id: str
-    kind: str
-    number: int
-    nonce: str
-
-    @property
-    def path(self) -> str:
-        """The object's path relative to the checkpoint location."""
-        return object_path(self.writer_id, self.kind, self.number, self.nonce)
-
-
-def object_path(writer_id: str, kind: str, number: int, nonce: str) -> str:
-    if kind == "header":
-        return f"{LEDGER_PREFIX}/{writer_id}/header-{nonce}{SUFFIX}"
-    return f"{LEDGER_PREFIX}/{writer_id}/{kind}-{number:012d}-{nonce}{SUFFIX}"
-
-
-def parse_object_path(path: str) -> ObjectName | None:
-    """The ``ObjectName`` of a relative path ``ledger/<writer>/<name>``; ``None`` for anything else."""
-    parts = path.split("/")
-    if len(parts) != 3 or parts[0] != LEDGER_PREFIX:
-        return None
-    match = _NAME.match(parts[2])
-    if match is None:
-        return None
-    kind, number, nonce = match.groups()
-    if (kind == "header") != (number is None):
-        return None
-    return ObjectName(parts[1], kind, -1 if number is None else int(number), nonce)
-
+from nemo_curator.resumability.objects import KIND_SEGMENT, KIND_SNAPSHOT, U16, U32, expect_kind, frame, unframe
 
 # -- the typed contents ------------------------------------------------------------------
-
-
-@dataclass
-class WriterHeader:
-    """A writer's immutable header: its pipeline fingerprint and its logical start stamp."""
-
-    writer_id: str
-    fingerprint: str
-    start_stamp: int
-    description: list[dict[str, Any]] | None = None
-    #: host, pid, owner, created (epoch s), overrode_fingerprint ... (information only).
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def created(self) -> float:
-        return float(self.info.get("created", 0.0) or 0.0)
 
 
 @dataclass
@@ -141,22 +50,6 @@ class Segment:
     seq: int | None = None
     time: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Beat:
-    """A writer's heartbeat: who runs it, on which shard. Its liveness is its object's store mtime.
-
-    ``owner`` is the driver's ``liveness.this_process()`` record (the run lives while it does);
-    ``shard`` is ``[index, count]`` or ``None``; ``time`` (the writer host's clock) is for humans only.
-    """
-
-    writer_id: str
-    owner: dict[str, Any] = field(default_factory=dict)
-    shard: list[int] | None = None
-    fingerprint: str = ""
-    interval_s: float = 0.0
-    time: float = 0.0
 
 
 @dataclass
@@ -203,7 +96,7 @@ def _encode_keys(keys: Sequence[bytes]) -> bytes:
         return b"F" + keys.raw
     if all(len(k) == KEY_BYTES for k in keys):
         return b"F" + b"".join(keys)
-    return b"V" + b"".join(_U16.pack(len(k)) + k for k in keys)
+    return b"V" + b"".join(U16.pack(len(k)) + k for k in keys)
 
 
 def _decode_keys(data: bytes | memoryview) -> list[bytes]:
@@ -214,7 +107,7 @@ def _decode_keys(data: bytes | memoryview) -> list[bytes]:
         return [data[i : i + 16] for i in range(1, len(data), 16)]
     keys, i, n = [], 1, len(data)
     while i < n:
-        (length,) = _U16.unpack_from(data, i)
+        (length,) = U16.unpack_from(data, i)
         keys.append(data[i + 2 : i + 2 + length])
         i += 2 + length
     return keys
@@ -222,7 +115,7 @@ def _decode_keys(data: bytes | memoryview) -> list[bytes]:
 
 def _encode_strings(items: list[str]) -> bytes:
     encoded = [s.encode("utf-8", errors="replace") for s in items]
-    return _U32.pack(len(encoded)) + struct.pack(f">{len(encoded)}I", *map(len, encoded)) + b"".join(encoded)
+    return U32.pack(len(encoded)) + struct.pack(f">{len(encoded)}I", *map(len, encoded)) + b"".join(encoded)
 
 
 def _decode_packed_keys(data: bytes | memoryview) -> Sequence[bytes]:
@@ -253,7 +146,7 @@ def _decode_strings(data: bytes | memoryview) -> list[str]:
     if not data:
         return []
     data = bytes(data)
-    (n,) = _U32.unpack_from(data)
+    (n,) = U32.unpack_from(data)
     lengths = struct.unpack_from(f">{n}I", data, 4)
     out, i = [], 4 + 4 * n
     for length in lengths:
@@ -292,70 +185,6 @@ def _decode_rows(sections: dict[str, memoryview]) -> list[tuple[bytes, str, int,
 # -- objects -----------------------------------------------------------------------------
 
 
-def _frame(kind: int, head: dict[str, Any], sections: dict[str, bytes]) -> bytes:
-    head_bytes = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
-    parts = [MAGIC, bytes((RECORD_FORMAT, kind)), _U32.pack(len(head_bytes)), head_bytes]
-    for name, data in sections.items():
-        raw = name.encode()
-        parts.append(bytes((len(raw),)) + raw + _U64.pack(len(data)))
-        parts.append(data)
-    body = b"".join(parts)
-    return body + hashlib.blake2b(body, digest_size=DIGEST_SIZE).digest()
-
-
-def _corrupt(where: str, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint object {where} is corrupt or not a nemo_curator ledger record ({why}). Nothing was changed. "
-        "Fix: if a copy or sync of the checkpoint was interrupted, copy it again; otherwise move this object "
-        "out of the checkpoint location (the sources it recorded are then redone) or use a new checkpoint location"
-    )
-
-
-def _unframe(data: bytes, where: str) -> tuple[int, dict[str, Any], dict[str, memoryview]]:
-    """Check and split an object; its sections are views of ``data`` (no copies of large objects)."""
-    if len(data) < len(MAGIC) + 6 + DIGEST_SIZE or not data.startswith(MAGIC):
-        raise _corrupt(where, f"{len(data)} bytes without the record header")
-    view = memoryview(data)
-    body, digest = view[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
-    if hashlib.blake2b(body, digest_size=DIGEST_SIZE).digest() != digest:
-        raise _corrupt(where, "checksum mismatch: torn or altered")
-    version, kind = body[4], body[5]
-    if version > RECORD_FORMAT:
-        raise CheckpointError(
-            f"checkpoint object {where} was written in record format {version}, newer than this version of "
-            f"nemo_curator reads ({RECORD_FORMAT}). Fix: upgrade nemo_curator, or use a new checkpoint location"
-        )
-    (n,) = _U32.unpack_from(body, 6)
-    try:
-        head = json.loads(bytes(body[10 : 10 + n]))
-        sections: dict[str, memoryview] = {}
-        i = 10 + n
-        while i < len(body):
-            length = body[i]
-            name = bytes(body[i + 1 : i + 1 + length]).decode()
-            (size,) = _U64.unpack_from(body, i + 1 + length)
-            start = i + 9 + length
-            sections[name] = body[start : start + size]
-            i = start + size
-            if len(sections[name]) != size:
-                raise ValueError(f"section {name!r} is cut short")
-    except (ValueError, struct.error, IndexError) as exc:
-        raise _corrupt(where, f"unreadable framing: {exc}") from exc
-    return kind, head, sections
-
-
-def encode_header(header: WriterHeader) -> bytes:
-    head = {
-        "app": APP_MARKER,
-        "writer_id": header.writer_id,
-        "fingerprint": header.fingerprint,
-        "start_stamp": header.start_stamp,
-        "fingerprint_description": header.description,
-        "info": header.info,
-    }
-    return _frame(KIND_HEADER, head, {})
-
-
 def encode_segment(seg: Segment) -> bytes:
     head = {
         "writer_id": seg.writer_id,
@@ -376,7 +205,7 @@ def encode_segment(seg: Segment) -> bytes:
         "cleared": _encode_keys(seg.cleared),
         **_encode_rows(seg.added),
     }
-    return _frame(KIND_SEGMENT, head, sections)
+    return frame(KIND_SEGMENT, head, sections)
 
 
 def encode_snapshot(state: WriterState) -> bytes:
@@ -402,65 +231,13 @@ def encode_snapshot(state: WriterState) -> bytes:
         "recent": encode_recent_record([(k, d) for k, d in state.recent.items() if d is not None]),
         **_encode_rows(rows),
     }
-    return _frame(KIND_SNAPSHOT, head, sections)
-
-
-def encode_beat(beat: Beat) -> bytes:
-    head = {
-        "writer_id": beat.writer_id,
-        "owner": beat.owner,
-        "shard": beat.shard,
-        "fingerprint": beat.fingerprint,
-        "interval_s": beat.interval_s,
-        "time": beat.time,
-    }
-    return _frame(KIND_BEAT, head, {})
-
-
-def decode_beat(data: bytes, where: str) -> Beat:
-    kind, head, _ = _unframe(data, where)
-    _expect(kind, KIND_BEAT, where)
-    shard = head.get("shard")
-    return Beat(
-        writer_id=str(head["writer_id"]),
-        owner=dict(head.get("owner") or {}),
-        shard=[int(x) for x in shard] if isinstance(shard, list) else None,
-        fingerprint=str(head.get("fingerprint") or ""),
-        interval_s=float(head.get("interval_s") or 0.0),
-        time=float(head.get("time") or 0.0),
-    )
-
-
-def _expect(kind: int, wanted: int, where: str) -> None:
-    if kind != wanted:
-        raise _corrupt(where, f"kind {chr(kind)!r} where {chr(wanted)!r} was expected")
-
-
-def decode_header(data: bytes, where: str) -> WriterHeader:
-    kind, head, _ = _unframe(data, where)
-    _expect(kind, KIND_HEADER, where)
-    if head.get("app") != APP_MARKER:
-        raise _corrupt(where, "no nemo_curator ledger marker")
-    return WriterHeader(
-        writer_id=str(head["writer_id"]),
-        fingerprint=str(head["fingerprint"]),
-        start_stamp=int(head["start_stamp"]),
-        description=head.get("fingerprint_description"),
-        info=dict(head.get("info") or {}),
-    )
-
-
-def snapshot_head(data: bytes, where: str) -> dict[str, Any]:
-    """The head of a snapshot (``upto``, ``closed``, ...): the object is checked, its sections not decoded."""
-    kind, head, _ = _unframe(data, where)
-    _expect(kind, KIND_SNAPSHOT, where)
-    return head
+    return frame(KIND_SNAPSHOT, head, sections)
 
 
 def decode_segment(data: bytes, where: str, *, recent: bool = True) -> Segment:
     """The segment in ``data``; without its digests (``recent=[]``) unless ``recent``."""
-    kind, head, s = _unframe(data, where)
-    _expect(kind, KIND_SEGMENT, where)
+    kind, head, s = unframe(data, where)
+    expect_kind(kind, KIND_SEGMENT, where)
     recent_raw = s.get("recent", b"") if recent else b""
     return Segment(
         writer_id=str(head["writer_id"]),
@@ -483,8 +260,8 @@ def decode_segment(data: bytes, where: str, *, recent: bool = True) -> Segment:
 
 def decode_snapshot(data: bytes, where: str, *, recent: bool = True) -> WriterState:
     """The writer state in ``data``; without its digests (an empty ``recent``) unless ``recent``."""
-    kind, head, s = _unframe(data, where)
-    _expect(kind, KIND_SNAPSHOT, where)
+    kind, head, s = unframe(data, where)
+    expect_kind(kind, KIND_SNAPSHOT, where)
     failed_keys = _decode_keys(s.get("failed_keys", b""))
     failed = {
         k: (stamp, reason)

@@ -27,19 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
 from nemo_curator.resumability.keyset import KeySet
-from nemo_curator.resumability.records import ObjectName, Segment, WriterHeader, WriterState, recent_entry_weight
+from nemo_curator.resumability.objects import ObjectName, WriterHeader
+from nemo_curator.resumability.records import Segment, WriterState, recent_entry_weight
 
 #: A Lamport time with its tie-breaker.
 Stamp = tuple[int, str]
-
-
-def iso_time(ts: float | None) -> str | None:
-    """An epoch time as ISO 8601 (UTC, seconds), or ``None``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
 def apply_segment(
@@ -139,15 +134,6 @@ def copy_state(state: WriterState) -> WriterState:
         updated=state.updated,
         closed=state.closed,
     )
-
-
-def current_writer(headers: Iterable[WriterHeader]) -> WriterHeader | None:
-    """The writer with the largest logical start ``(start_stamp, writer_id)``: its fingerprint is the checkpoint's."""
-    latest: WriterHeader | None = None
-    for header in headers:
-        if latest is None or (header.start_stamp, header.writer_id) > (latest.start_stamp, latest.writer_id):
-            latest = header
-    return latest
 
 
 @dataclass

@@ -48,7 +48,7 @@ from loguru import logger
 
 from nemo_curator.resumability.config import CheckpointConfig, coerce_checkpoint
 from nemo_curator.resumability.digests import DEFAULT_DIGEST_BUDGET
-from nemo_curator.resumability.durable import CheckpointRead, WriterLog, read_checkpoint, read_writers
+from nemo_curator.resumability.durable import CheckpointRead, WriterLog, read_checkpoint
 from nemo_curator.resumability.errors import CheckpointError, FingerprintMismatchError
 from nemo_curator.resumability.fingerprint import diff_descriptions
 from nemo_curator.resumability.keys import (
@@ -74,18 +74,18 @@ from nemo_curator.resumability.layout import (
     LOCK_SUFFIX,
     acquire_env,
     encode_meta,
-    new_writer_id,
     release_env,
 )
 from nemo_curator.resumability.lease import Heartbeat, LeaseSettings, check_no_conflict
 from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate, SourceLedger
 from nemo_curator.resumability.liveness import this_process
 from nemo_curator.resumability.location import Location, describe_access_error, open_location
-from nemo_curator.resumability.records import Beat, Segment, WriterHeader, WriterState
+from nemo_curator.resumability.objects import Beat, WriterHeader, new_writer_id
+from nemo_curator.resumability.records import Segment, WriterState
 from nemo_curator.resumability.report import Report, ReportBatch
-from nemo_curator.resumability.scan import current_writer, iso_time
 from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.status import LedgerStatus
+from nemo_curator.resumability.writers import current_writer, iso_time, read_writers
 
 #: Longest failure reason stored (characters).
 MAX_REASON_CHARS = 4000

@@ -27,7 +27,7 @@ import pytest
 
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.inspect import checkpoint_status, read_durable
-from nemo_curator.resumability.scan import current_writer
+from nemo_curator.resumability.writers import current_writer
 from tests.e2e import job, matrix
 from tests.e2e.test_kill_resume import _new_attempts, kill_tree, output_files, start_job
 from tests.s3_server import S3Checkpoint, S3Server

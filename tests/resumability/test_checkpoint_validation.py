@@ -22,7 +22,7 @@ from nemo_curator.resumability.checkpoint import (
 )
 from nemo_curator.resumability.errors import CheckpointError
 from nemo_curator.resumability.inspect import checkpoint_status
-from nemo_curator.resumability.records import DIGEST_SIZE, RECORD_FORMAT
+from nemo_curator.resumability.objects import DIGEST_SIZE, RECORD_FORMAT
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.tasks.credit import Credit

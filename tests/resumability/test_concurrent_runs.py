@@ -35,7 +35,7 @@ from nemo_curator.resumability.lease import (
 )
 from nemo_curator.resumability.liveness import this_process
 from nemo_curator.resumability.location import LocalLocation
-from nemo_curator.resumability.records import Beat
+from nemo_curator.resumability.objects import Beat
 from nemo_curator.resumability.shard import Shard, compatible, parse_shard, shard_of
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.utils.processes import kill_process_tree

@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_curator.resumability import keyset, records
+from nemo_curator.resumability import keyset, objects, records
 from nemo_curator.resumability.digests import EXP_BITS, digests_of, fingerprints
-from nemo_curator.resumability.durable import read_checkpoint, read_writers
+from nemo_curator.resumability.durable import read_checkpoint
 from nemo_curator.resumability.keys import packed_source_keys, source_key
 from nemo_curator.resumability.keyset import (
     BATCH_MIN,
@@ -29,6 +29,7 @@ from nemo_curator.resumability.location import LocalLocation
 from nemo_curator.resumability.records import Segment, WriterState, decode_snapshot, encode_segment
 from nemo_curator.resumability.scan import apply_segment
 from nemo_curator.resumability.store import CheckpointStore
+from nemo_curator.resumability.writers import read_writers
 from tests.resumability.examples import budget
 
 
@@ -192,7 +193,7 @@ def _old_format_snapshot(state: WriterState, keys_in_order: list[bytes]) -> byte
         "completed": b"F" + b"".join(keys_in_order),
         "completed_stamps": b"".join(state.completed[k].to_bytes(8, "big") for k in keys_in_order),
     }
-    return records._frame(records.KIND_SNAPSHOT, {**head, "updated": 0.0, "closed": None}, sections)
+    return objects.frame(objects.KIND_SNAPSHOT, {**head, "updated": 0.0, "closed": None}, sections)
 
 
 def test_snapshots_written_before_keep_loading() -> None:

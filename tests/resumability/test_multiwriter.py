@@ -12,7 +12,7 @@ from pathlib import Path
 from nemo_curator.resumability.durable import read_checkpoint
 from nemo_curator.resumability.inspect import checkpoint_status
 from nemo_curator.resumability.location import LocalLocation
-from nemo_curator.resumability.records import decode_header, encode_header
+from nemo_curator.resumability.objects import decode_header, encode_header
 from nemo_curator.resumability.report import Report
 from nemo_curator.resumability.store import CheckpointStore
 from nemo_curator.tasks.credit import Credit

@@ -10,21 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_curator.resumability.errors import CheckpointError
-from nemo_curator.resumability.records import (
+from nemo_curator.resumability.objects import (
     ObjectName,
-    Segment,
     WriterHeader,
-    WriterState,
     decode_header,
-    decode_segment,
-    decode_snapshot,
     encode_header,
-    encode_segment,
-    encode_snapshot,
     object_path,
     parse_object_path,
 )
-from nemo_curator.resumability.scan import apply_segment, copy_state, current_writer, fold_writer, union
+from nemo_curator.resumability.records import (
+    Segment,
+    WriterState,
+    decode_segment,
+    decode_snapshot,
+    encode_segment,
+    encode_snapshot,
+)
+from nemo_curator.resumability.scan import apply_segment, copy_state, fold_writer, union
+from nemo_curator.resumability.writers import current_writer
 from tests.resumability.examples import budget
 
 RECENT = 6
