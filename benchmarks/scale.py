@@ -5,7 +5,7 @@ N completed sources are written synthetically through ``CheckpointStore.commit``
 actor's situation: nothing loaded yet) opens the checkpoint as a new run and measures:
 
 - ``startup_s``: from spawning the process to the answer of its first ``completed()`` lookup:
-  interpreter and imports, the driver's checks (``store.preflight``: ``preflight_s``), the actor's
+  interpreter and imports, the driver's checks (``preflight.preflight``: ``preflight_s``), the actor's
   ``CheckpointStore.open`` (``open_s``), one lookup. Here one process does what the driver and the
   ledger actor do one after the other;
 - ``rss_delta_bytes``: the resident memory the loaded ledger adds to the process (``VmRSS`` after
@@ -94,7 +94,8 @@ def measure_in_this_process(path: Path, cache_dir: Path, n: int, spawned_at: flo
 
     from nemo_curator.resumability.config import CheckpointConfig
     from nemo_curator.resumability.heap import map_large_buffers
-    from nemo_curator.resumability.store import CheckpointStore, preflight
+    from nemo_curator.resumability.preflight import preflight
+    from nemo_curator.resumability.store import CheckpointStore
 
     map_large_buffers()  # as the ledger actor does before its load
     imported = time.time()

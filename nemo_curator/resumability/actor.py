@@ -56,6 +56,7 @@ from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
 from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
 from nemo_curator.resumability.objects import new_writer_id
+from nemo_curator.resumability.preflight import preflight
 from nemo_curator.resumability.report import Report, ReportBatch
 from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.source_filter import (
@@ -65,7 +66,7 @@ from nemo_curator.resumability.source_filter import (
     _call_with_retry,
 )
 from nemo_curator.resumability.status import LedgerAck, LedgerStatus
-from nemo_curator.resumability.store import CheckpointStore, preflight
+from nemo_curator.resumability.store import CheckpointStore
 
 ACTOR_NAME_PREFIX = "nemo_curator_ledger_"
 DEFAULT_MAX_RESTARTS = 4

@@ -39,7 +39,7 @@ class LedgerSourceFilter:
     source stage then drops them: this run neither emits nor records them), and the actor
     counts only the run's own sources. Implements ``nemo_curator.backends.stage_adapter.SourceFilter``.
 
-    ``fresh``: the checkpoint held no record when the run started (``store.Preflight``). Then no
+    ``fresh``: the checkpoint held no record when the run started (``preflight.Preflight``). Then no
     source was complete before this run, so the filter answers "none of them" without waiting
     for the actor, whose start and load stay off the path to the first work; it only sends the
     actor the count, unanswered. The one source this can let through that the actor would have
