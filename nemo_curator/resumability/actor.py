@@ -52,7 +52,6 @@ from nemo_curator.resumability.errors import CheckpointError, LedgerUnavailableE
 from nemo_curator.resumability.fingerprint import describe_fingerprint, fingerprint_of_description
 from nemo_curator.resumability.heap import map_large_buffers
 from nemo_curator.resumability.lease import LeaseSettings
-from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT, LedgerUpdate
 from nemo_curator.resumability.liveness import recorded_process_alive, this_process
 from nemo_curator.resumability.memberships import RecordedGroup, recorded_history, write_record
 from nemo_curator.resumability.objects import new_writer_id
@@ -66,7 +65,6 @@ from nemo_curator.resumability.source_filter import (
     _call_with_retry,
 )
 from nemo_curator.resumability.status import LedgerAck, LedgerStatus
-from nemo_curator.resumability.store import CheckpointStore
 
 ACTOR_NAME_PREFIX = "nemo_curator_ledger_"
 DEFAULT_MAX_RESTARTS = 4
@@ -124,12 +122,17 @@ class LedgerActor:
         fingerprint: str,
         description: list[dict[str, Any]] | None,
         owner: dict[str, Any],
-        recent_limit: int = DEFAULT_RECENT_LIMIT,
+        recent_limit: int | None = None,
         allow_fingerprint_change: bool = False,
         shard: Shard | None = None,
         lease: LeaseSettings | None = None,
         in_driver: bool = False,
     ) -> None:
+        # The ledger's modules (LMDB, numpy) load here, not at import: a run on a fresh
+        # checkpoint reaches its first work before its in-driver ledger starts.
+        from nemo_curator.resumability.ledger import DEFAULT_RECENT_LIMIT
+        from nemo_curator.resumability.store import CheckpointStore
+
         self._owner = dict(owner)
         self._reconstructed = False if in_driver else ray.get_runtime_context().was_current_actor_reconstructed
         if not in_driver:
@@ -144,7 +147,7 @@ class LedgerActor:
             verify_fingerprint=not self._reconstructed,
             allow_fingerprint_change=allow_fingerprint_change,
             owner=owner,
-            recent_limit=recent_limit,
+            recent_limit=DEFAULT_RECENT_LIMIT if recent_limit is None else recent_limit,
             lease=lease,
             shard=shard,
         )
@@ -202,6 +205,8 @@ class LedgerActor:
 
     def close(self) -> LedgerStatus:
         """Record the counters, close the store and return the final status."""
+        from nemo_curator.resumability.ledger import LedgerUpdate
+
         status = self.status()
         self._store.commit(LedgerUpdate(), meta=self._counters())
         self._store.close()
@@ -265,7 +270,7 @@ class LedgerHandle:
         *,
         allow_fingerprint_change: bool = False,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
-        recent_limit: int = DEFAULT_RECENT_LIMIT,
+        recent_limit: int | None = None,
         timeout_s: float = UNAVAILABLE_TIMEOUT_S,
         wait: bool = True,
         shard: Shard | None = None,
@@ -297,6 +302,10 @@ class LedgerHandle:
         the run saves a Ray worker process (its start and imports, about a second of CPU). It
         holds the lease and writes the same durable record; it cannot be killed apart from the
         driver, and the source stage's count of sources is not sent (the progress shows no total).
+
+        ``recent_limit`` (default ``ledger.DEFAULT_RECENT_LIMIT``) bounds the digests of recent
+        completions the ledger keeps. This module imports neither LMDB, numpy nor the ledger: they
+        load when the ledger starts (``LedgerActor``), off a fresh checkpoint's path to its first work.
         """
         if isinstance(stages_or_fingerprint, str):
             fingerprint, description = stages_or_fingerprint, None

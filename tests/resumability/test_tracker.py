@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,52 @@ def test_a_fresh_checkpoints_ledger_can_live_in_the_driver(ray_session: Any, tmp
     resumed.on_terminal(_terminal(source_id(1), 3))  # an incomplete source is redone whole
     resumed.close(success=True)
     assert checkpoint_status(tmp_path)["completed"] == sorted([source_id(0), source_id(1)])
+
+
+#: Run in a fresh interpreter joined to the session's Ray: what a driver imports up to its first work.
+_FRESH_DRIVER = """
+import sys
+import ray
+from nemo_curator.resumability.tracker import LedgerTracker
+from nemo_curator.tasks import NoneTask
+from nemo_curator.tasks.credit import Credit
+from tests.resumability.fingerprint_stages import PlainStage
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+tracker = LedgerTracker.open(sys.argv[2], [PlainStage(factor=2)], show_progress_bar=False, ledger_in_driver=True)
+tracker.workers_started()
+heavy = [m for m in ("lmdb", "numpy", "nemo_curator.resumability.store", "nemo_curator.resumability.ledger",
+                     "nemo_curator.resumability.keyset", "nemo_curator.resumability.durable") if m in sys.modules]
+assert not heavy, f"loaded before the first report: {heavy}"
+task = NoneTask(dataset_name="")
+task.task_id = "t0"
+task._lineage = {f"{7:032x}": Credit.one()}
+tracker.on_terminal([task])
+tracker.flush()
+assert "nemo_curator.resumability.store" in sys.modules
+tracker.close(success=True)
+print("ok")
+"""
+
+
+def test_a_fresh_checkpoints_driver_loads_no_ledger_module_before_the_first_report(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    """The path to the first work on a fresh checkpoint imports neither LMDB, numpy nor the ledger's
+    modules (a quarter of a second of CPU on 2 cores): the in-driver ledger loads them in the
+    sender thread at the first report, and what it records is then the same."""
+    address = ray_session.get_runtime_context().gcs_address
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_DRIVER, address, str(tmp_path / "ckpt")],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+    assert checkpoint_status(tmp_path / "ckpt")["completed"] == [f"{7:032x}"]
 
 
 def test_an_executor_runs_a_fresh_checkpoint_without_a_ledger_actor(ray_session: Any, tmp_path: Path) -> None:
