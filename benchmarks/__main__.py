@@ -218,11 +218,11 @@ def finish(summary: dict[str, Any], out: Path, results_md: Path | None) -> None:
 def compile_like_an_install() -> int:
     """Write the bytecode of this project's modules, as ``pip install`` does for an installed package.
 
-    An editable install leaves the sources uncompiled, and with ``PYTHONDONTWRITEBYTECODE`` set (or a
-    read-only checkout) every process of every run, the driver and each Ray worker, compiles each of our
-    modules it imports again: tenths of a second per process, more with a checkpoint (more modules),
-    which upstream's pip-installed package never pays. Returns the number of modules compiled
-    (``compileall`` writes even when ``PYTHONDONTWRITEBYTECODE`` is set).
+    An editable install leaves the sources uncompiled, and with ``PYTHONDONTWRITEBYTECODE`` set every
+    process of every run, the driver and each Ray worker, compiles each of our modules it imports
+    again: tenths of a second per process, more with a checkpoint (more modules), which upstream's
+    pip-installed package never pays. Returns the number of modules newly compiled (``compileall``
+    writes even when ``PYTHONDONTWRITEBYTECODE`` is set; a stale file rewritten is not counted).
     """
     import compileall
     import contextlib
@@ -235,9 +235,11 @@ def compile_like_an_install() -> int:
         return sum(1 for package in packages for _ in package.glob("**/__pycache__/*.pyc"))
 
     before = count()
-    with contextlib.redirect_stdout(io.StringIO()):
-        for package in packages:
-            compileall.compile_dir(package, quiet=1)
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        ok = all([compileall.compile_dir(package, quiet=1) for package in packages])
+    if not ok:
+        raise RuntimeError(f"compiling this project's modules failed:\n{listing.getvalue()}")
     return count() - before
 
 

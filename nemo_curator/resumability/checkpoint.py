@@ -4,7 +4,7 @@
 GPFS) creates the directory when missing and refuses, with a ``CheckpointError`` that names the
 path and the fix: a path that is a file, or whose parent is a file; a directory that cannot be
 written (permissions, read-only filesystem). A checkpoint may live on a network filesystem: it
-holds only write-once objects (``records``), written with fsync and rename.
+holds only write-once objects (``objects``), written with fsync and rename.
 
 ``validate_cache_dir(path)`` checks the node-local directory of the ledger's LMDB cache and
 refuses a network or FUSE filesystem (NFS, SMB/CIFS, sshfs, 9p, Ceph, GlusterFS, Lustre, ...),

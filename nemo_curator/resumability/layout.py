@@ -5,7 +5,7 @@
     <cache_dir>/<writer_id>.lmdb        this writer's working copy (a cache of its durable record)
     <cache_dir>/<writer_id>.lmdb-lock   LMDB's lock file for it
 
-The truth of a checkpoint is its durable record at the checkpoint location (``records``,
+The truth of a checkpoint is its durable record at the checkpoint location (``objects``,
 ``durable``); this file mirrors one writer's part of it and is rebuilt from it at every open, so
 it may be lost at any time. It holds named sub-databases:
 

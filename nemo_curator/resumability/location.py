@@ -12,7 +12,7 @@ Write-once (``write_once``):
 - POSIX (local disk, NFS, Lustre, GPFS): the bytes go to a temporary name in the target
   directory, are fsynced, renamed to the final name, and the directory is fsynced (also each
   directory created on the way). Readers skip temporary names (``.tmp-`` prefix).
-- object stores: one PUT of the final name. Names are unique (see ``records``), so nothing
+- object stores: one PUT of the final name. Names are unique (see ``objects``), so nothing
   relies on rename or on overwrite semantics; listing order is never used.
 
 A listed object may vanish before it is read (a writer compacted meanwhile): ``read`` then raises

@@ -7,7 +7,9 @@ work without loading the ledger's modules (the ledger actor loads them when it s
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,24 @@ from nemo_curator.resumability.location import describe_access_error, open_locat
 from nemo_curator.resumability.objects import WriterHeader
 from nemo_curator.resumability.shard import Shard
 from nemo_curator.resumability.writers import current_writer, iso_time, read_writers
+
+#: What the ledger imports when it starts, after the first work (``LedgerActor``).
+LEDGER_MODULES = ("lmdb", "numpy")
+
+
+def check_ledger_modules(checkpoint: str) -> None:
+    """Raise ``CheckpointError`` before any work when a module the ledger needs cannot be imported.
+
+    The ledger loads them only when it starts, after the first work; ``find_spec`` finds a missing
+    one without importing it (microseconds), so a broken installation still fails before the run.
+    """
+    missing = [name for name in LEDGER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: the ledger needs {', '.join(missing)}, which cannot be imported in this "
+            f"Python ({sys.executable}). Nothing was written. Fix: pip install {' '.join(missing)} (a dependency "
+            "of nemo_curator), or run without a checkpoint"
+        )
 
 
 def check_fingerprint(
@@ -100,6 +120,7 @@ def preflight(
     from nemo_curator.resumability.workflow import check_not_a_workflow
 
     config = coerce_checkpoint(checkpoint)
+    check_ledger_modules(config.display)
     location = open_location(config, writable=True)
     validate_cache_dir(config.resolved_cache_dir(), config)
     try:

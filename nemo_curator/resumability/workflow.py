@@ -8,7 +8,7 @@ ordinary resumable pipeline with a checkpoint of its own under the workflow's lo
                                                     and each segment's name and pipeline description
     <checkpoint>/workflow/done-<index>-<name>.json  written once when segment <index> is complete
                                                     (every source complete, its outputs all present)
-    <checkpoint>/segments/<index>-<name>/           that segment's ledger (see ``records``)
+    <checkpoint>/segments/<index>-<name>/           that segment's ledger (see ``objects``)
 
 Invariants:
 - every object is written once and never changed (``Location.write_once``), so a kill leaves

@@ -294,3 +294,18 @@ def test_status_of_a_read_only_checkpoint_can_be_read(open_base: Path) -> None:
     (ckpt / "ledger").chmod(0o555)
     output = _as_unprivileged_user(lambda: ",".join(checkpoint_status(ckpt)["completed"]))
     assert output == sid
+
+
+def test_a_missing_ledger_module_fails_the_check_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger imports LMDB only when it starts, after the first work: a Python without it must still
+    fail in the driver's check, naming the module and the fix, and write nothing."""
+    import sys
+
+    from nemo_curator.resumability.preflight import preflight
+
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # how Python marks a module that cannot be imported
+    with pytest.raises(CheckpointError, match=r"the ledger needs lmdb.*pip install lmdb"):
+        preflight(tmp_path / "ckpt", "fingerprint")
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())

@@ -194,16 +194,19 @@ def test_a_fresh_checkpoints_ledger_can_live_in_the_driver(ray_session: Any, tmp
 _FRESH_DRIVER = """
 import sys
 import ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+before = set(sys.modules)
 from nemo_curator.resumability.tracker import LedgerTracker
 from nemo_curator.tasks import NoneTask
 from nemo_curator.tasks.credit import Credit
 from tests.resumability.fingerprint_stages import PlainStage
 
-ray.init(address=sys.argv[1], log_to_driver=False)
 tracker = LedgerTracker.open(sys.argv[2], [PlainStage(factor=2)], show_progress_bar=False, ledger_in_driver=True)
 tracker.workers_started()
 heavy = [m for m in ("lmdb", "numpy", "nemo_curator.resumability.store", "nemo_curator.resumability.ledger",
-                     "nemo_curator.resumability.keyset", "nemo_curator.resumability.durable") if m in sys.modules]
+                     "nemo_curator.resumability.keyset", "nemo_curator.resumability.durable")
+         if m in sys.modules and m not in before]
 assert not heavy, f"loaded before the first report: {heavy}"
 task = NoneTask(dataset_name="")
 task.task_id = "t0"
@@ -227,7 +230,7 @@ def test_a_fresh_checkpoints_driver_loads_no_ledger_module_before_the_first_repo
     done = subprocess.run(
         [sys.executable, "-c", _FRESH_DRIVER, address, str(tmp_path / "ckpt")],
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))},
         capture_output=True,
         text=True,
         timeout=120,
