@@ -153,8 +153,11 @@ def test_close_with_a_deadline_returns_in_time_from_a_stuck_ledger(ray_session: 
             os.kill(pid, signal.SIGCONT)
     assert took < 1.0 + 2.0 + 2.0, f"close took {took:.1f} s"
     wait_actor_dead(tracker.handle.actor)
-    # What was acknowledged is kept; the unacknowledged source is simply not complete.
-    assert _completed_on_disk(tmp_path) == {source_id(0)}
+    # What was acknowledged is kept. The unacknowledged report may still have been applied: the
+    # SIGCONT above can let the actor run it before Ray's kill lands. That is a true completion (the
+    # source's task did reach the end), so either outcome keeps the contract; nothing else may appear.
+    done = _completed_on_disk(tmp_path)
+    assert source_id(0) in done and done <= {source_id(0), source_id(1)}
 
 
 def _ledger_actors() -> int:
